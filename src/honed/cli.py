@@ -1,0 +1,72 @@
+"""The ``honed`` command: list | show ID | run ID | reproduce [ID...] | report.
+
+Bad input (unknown id, config key or type, missing extra) prints one line on stderr and exits 2.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from honed.core.errors import HonedError
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit code 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"honed: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("HONED_RUNS", "runs"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="honed", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="runs folder (default: ./runs or $HONED_RUNS)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub.add_parser("list", help="every registered experiment and the status of its last run")
+    show = sub.add_parser("show", help="summary, config fields and presets, and claims of one method")
+    show.add_argument("id")
+    run = sub.add_parser("run", help="run one experiment and print the method beside its baselines")
+    run.add_argument("id")
+    add_run_options(run)
+    run.add_argument("--json", action="store_true", help="print the Result as JSON on stdout")
+    rep = sub.add_parser("reproduce", help="run several experiments (default: all), then write the report")
+    rep.add_argument("ids", nargs="*")
+    add_run_options(rep)
+    sub.add_parser("report", help="rebuild runs/report.md and runs/report.html from the result files")
+    return parser
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small", choices=["smoke", "small", "full"])
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable); values are YAML scalars/lists")
+    p.add_argument("-c", "--config", type=Path, help="YAML file of config overrides")
+    p.add_argument("--seed", type=int, help="run this one seed instead of the preset's seeds")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="recompute even if a finished run exists")
+    p.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="runs folder (default: ./runs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from honed import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except HonedError as err:
+        sys.stderr.write(f"honed: error: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("honed: interrupted; finished seeds and epochs are kept and the next run resumes\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Implementations of the ``honed`` sub-commands (see ``honed.cli``)."""
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from honed.core.config import PRESETS, load_yaml, override, parse_assignments, preset, to_dict
+from honed.core.experiment import Experiment, Result, load_experiments
+from honed.core.report import arms_table, claims_table, find_results, fmt, write_report
+from honed.core.runner import run_dir, run_experiment
+from honed.core.seed import resolve_device
+
+
+def out_root(args) -> Path:
+    from honed.cli import default_out
+
+    return Path(args.out) if args.out else default_out()
+
+
+def resolve_config(exp: type[Experiment], args) -> Any:
+    cfg = preset(exp.Config, args.preset)
+    if args.config:
+        cfg = override(cfg, load_yaml(args.config))
+    if args.sets:
+        cfg = override(cfg, parse_assignments(args.sets))
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seeds=(args.seed,))
+    return cfg
+
+
+def run_status(exp: type[Experiment], root: Path) -> str:
+    folders = sorted((root / exp.id).glob("*/"), key=lambda p: p.stat().st_mtime) if (root / exp.id).exists() else []
+    for folder in reversed(folders):
+        if (folder / "result.json").exists():
+            data = json.loads((folder / "result.json").read_text())
+            passed = sum(c["passed"] for c in data.get("claims", []))
+            return f"{data.get('status')} {passed}/{len(data.get('claims', []))} ({data.get('preset')})"
+        seeds = list(folder.glob("seed_*/seed_result.json"))
+        if folder.is_dir():
+            return f"interrupted ({len(seeds)} seeds done)"
+    return "not run"
+
+
+def cmd_list(args) -> int:
+    registry = load_experiments()
+    table = Table("id", "title", "family", "last run")
+    for name in registry:
+        exp = registry.get(name)
+        table.add_row(name, exp.title, exp.family, run_status(exp, out_root(args)))
+    Console().print(table)
+    return 0
+
+
+def cmd_show(args) -> int:
+    exp = load_experiments().get(args.id)
+    console = Console()
+    console.print(f"[bold]{exp.id}[/bold]: {exp.title}  ({exp.family})\n{exp.paper}\n\n{exp.summary}\n")
+    table = Table("field", *PRESETS)
+    configs = {p: to_dict(preset(exp.Config, p)) for p in PRESETS}
+    for field in configs["small"]:
+        table.add_row(field, *[fmt(configs[p][field]) for p in PRESETS])
+    console.print(table)
+    console.print(f"method arms: {', '.join(exp.method)}; baselines: {', '.join(exp.baselines)}")
+    for text in getattr(exp, "claims_tested", ()):
+        console.print(f"claim: {text}")
+    for text in exp.reconstructed:
+        console.print(f"reconstructed (R): {text}")
+    return 0
+
+
+def print_result(result: Result, console: Console) -> None:
+    header, rows = arms_table(result)
+    table = Table(*header, title=f"{result.id} ({result.preset}, seeds {result.seeds})")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    header, rows = claims_table(result)
+    table = Table(*header, title="claims")
+    for row in rows:
+        table.add_row(*row[:-1], f"[green]PASS[/]" if row[-1] == "PASS" else "[red]FAIL[/]")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"- {note}")
+    console.print(f"status {result.status}; runtime {result.runtime_s:.1f} s")
+
+
+def cmd_run(args) -> int:
+    exp = load_experiments().get(args.id)
+    cfg = resolve_config(exp, args)
+    device = resolve_device(args.device)
+    console = Console(stderr=args.json)
+    root = out_root(args)
+    result = run_experiment(exp(), cfg, args.preset, root, device, force=args.force,
+                            progress=not args.json,
+                            on_seed=lambda s: console.print(f"[dim]{exp.id}: seed {s}[/dim]"))
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print_result(result, console)
+        console.print(f"written to {run_dir(root, exp.id, cfg)}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    registry = load_experiments()
+    ids = [registry.get(i).id for i in args.ids] or registry.names()
+    device = resolve_device(args.device)
+    console, root, failed = Console(), out_root(args), []
+    for n, exp_id in enumerate(ids, 1):
+        exp = registry.get(exp_id)
+        console.rule(f"[{n}/{len(ids)}] {exp_id}")
+        try:
+            result = run_experiment(exp(), resolve_config(exp, args), args.preset, root, device,
+                                    force=args.force)
+            print_result(result, console)
+        except Exception as err:  # one broken experiment must not hide the others' results
+            failed.append(exp_id)
+            console.print(f"[red]{exp_id} crashed: {err.__class__.__name__}: {err}[/red]")
+    md, page, count = write_report(root)
+    console.print(f"report of {count} experiments: {md} and {page}")
+    if failed:
+        sys.stderr.write(f"honed: error: {len(failed)} experiment(s) crashed: {', '.join(failed)}\n")
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    md, page, count = write_report(out_root(args))
+    Console().print(f"report of {count} experiments: {md} and {page}")
+    return 0

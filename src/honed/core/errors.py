@@ -1,0 +1,46 @@
+"""User-facing errors: each prints as one line and makes the CLI exit with code 2.
+
+Components raise these (they subclass ``ValueError`` / ``ImportError`` where that is what a user
+would catch) so that a bad input gives one clear sentence instead of a traceback deep in torch.
+"""
+import importlib
+from types import ModuleType
+
+
+class HonedError(Exception):
+    """Base of every error honed raises on purpose; ``str(err)`` is one line meant for a person."""
+
+
+class ConfigError(HonedError, ValueError):
+    """A config key that does not exist, a value of the wrong type, or an inconsistent setting."""
+
+
+class UnknownIdError(HonedError, KeyError):
+    """A registry lookup (experiment, dataset, model) for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InputError(HonedError, ValueError):
+    """A tensor or argument outside the domain a component accepts (shape, range, NaN, sign)."""
+
+
+class MissingExtraError(HonedError, ImportError):
+    """An optional engine is not installed; the message names the pip install that fixes it."""
+
+
+class StoreError(HonedError, RuntimeError):
+    """A run directory, result or checkpoint that is corrupt or was written by something else."""
+
+
+def require_extra(module: str, extra: str, install: str | None = None) -> ModuleType:
+    """Import ``module`` lazily, or raise MissingExtraError naming ``pip install 'honed[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        how = install or f"pip install 'honed[{extra}]'"
+        raise MissingExtraError(
+            f"this needs the optional package '{module}' ({err.__class__.__name__}: {err}); "
+            f"install it with: {how}"
+        ) from None

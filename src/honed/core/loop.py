@@ -1,0 +1,197 @@
+"""One small train loop with callbacks at fixed points (open_lth style).
+
+Per optimizer step the loop does::
+
+    on_step_start
+    for each ghost chunk of the batch (one chunk unless ghost_size is set):
+        on_batch_start -> forward -> loss * chunk/batch -> backward -> after_backward
+    before_step -> optimizer.step() -> after_step
+    ... and on_epoch_end after each epoch (after evaluation, so callbacks see the metrics).
+
+Methods that change the step (SmoothOut, gradient clipping, stream filters) are callbacks, not forks
+of this loop. With ``ghost_size`` the batch is split into chunks that each run their own forward, so
+BatchNorm statistics are per chunk (ghost BN, Hoffer et al. 2017) and gradients are the batch mean.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from honed.core.checkpoint import load_checkpoint, save_checkpoint
+from honed.core.progress import progress_bar
+
+HOOKS = ("on_train_start", "on_step_start", "on_batch_start", "after_backward", "before_step",
+         "after_step", "on_epoch_end", "on_train_end")
+
+
+class Callback:
+    """Override any of the hooks; each receives the live :class:`TrainState`."""
+
+    def on_train_start(self, state: "TrainState") -> None: ...
+    def on_step_start(self, state: "TrainState") -> None: ...
+    def on_batch_start(self, state: "TrainState") -> None: ...
+    def after_backward(self, state: "TrainState") -> None: ...
+    def before_step(self, state: "TrainState") -> None: ...
+    def after_step(self, state: "TrainState") -> None: ...
+    def on_epoch_end(self, state: "TrainState") -> None: ...
+    def on_train_end(self, state: "TrainState") -> None: ...
+
+
+@dataclass
+class TrainState:
+    """What callbacks can read and change. ``x``/``y`` hold the current chunk, ``loss`` its loss."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    x: Any = None
+    y: Any = None
+    loss: torch.Tensor | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    stop: bool = False
+
+    def log(self, key: str, value: float) -> None:
+        self.history.setdefault(key, []).append(float(value))
+
+
+class ClipGradNorm(Callback):
+    """Clip the global gradient norm before the optimizer step (``torch.nn.utils.clip_grad_norm_``)."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def before_step(self, state: TrainState) -> None:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm)
+
+
+def _dispatch(callbacks: Iterable[Callback]) -> dict[str, list[Callable]]:
+    """Bound methods per hook, only for callbacks that override it (keeps the hot path empty)."""
+    table: dict[str, list[Callable]] = {h: [] for h in HOOKS}
+    for cb in callbacks:
+        for hook in HOOKS:
+            if getattr(type(cb), hook, None) is not getattr(Callback, hook):
+                table[hook].append(getattr(cb, hook))
+    return table
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor, ghost_size: int | None):
+    if not ghost_size or ghost_size >= len(x):
+        return [(x, y)]
+    return list(zip(x.split(ghost_size), y.split(ghost_size)))
+
+
+def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+               hooks: dict[str, list[Callable]], ghost_size: int | None = None) -> torch.Tensor:
+    """One optimizer step on batch (x, y); returns the batch's summed loss as a detached tensor
+    (kept as a tensor so the hot path does not synchronise on ``.item()`` every step)."""
+    model, optimizer = state.model, state.optimizer
+    for fn in hooks["on_step_start"]:
+        fn(state)
+    optimizer.zero_grad(set_to_none=True)
+    chunks = _chunks(x, y, ghost_size)
+    total = torch.zeros((), device=x.device)
+    for i, (cx, cy) in enumerate(chunks):
+        state.x, state.y = cx, cy
+        for fn in hooks["on_batch_start"]:
+            fn(state)
+        sync_off = len(chunks) > 1 and i < len(chunks) - 1 and hasattr(model, "no_sync")
+        ctx = model.no_sync() if sync_off else _nullcontext
+        with ctx:
+            loss = loss_fn(model(state.x), state.y)
+            (loss if len(chunks) == 1 else loss * (len(cx) / len(x))).backward()
+        state.loss = loss
+        total = total + loss.detach() * len(cx)
+        for fn in hooks["after_backward"]:
+            fn(state)
+    for fn in hooks["before_step"]:
+        fn(state)
+    optimizer.step()
+    state.step += 1
+    for fn in hooks["after_step"]:
+        fn(state)
+    return total
+
+
+class _NullContext:
+    def __enter__(self): return self
+    def __exit__(self, *exc): return False
+
+
+_nullcontext = _NullContext()
+
+
+def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimizer, epochs: int, *,
+          loss_fn: Callable = F.cross_entropy, callbacks: Iterable[Callback] = (),
+          ghost_size: int | None = None, device: str | torch.device = "cpu",
+          evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+          checkpoint: str | Path | None = None, progress: bool = True,
+          desc: str = "train") -> dict[str, list[float]]:
+    """Train ``model`` for ``epochs`` over ``data`` (an iterable of (x, y) batches, re-iterated per
+    epoch; ``data.set_epoch(e)`` is called when present). Returns the per-epoch history
+    (``train_loss`` plus whatever ``evaluate(model)`` returns, evaluated in eval mode).
+
+    With ``checkpoint``, the model, optimizer, history and torch RNG are saved atomically at each
+    epoch end and training resumes from that file if it exists.
+    """
+    device = torch.device(device)
+    callbacks = list(callbacks)
+    hooks = _dispatch(callbacks)
+    state = TrainState(model, optimizer)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        meta = load_checkpoint(checkpoint, model, optimizer)
+        start, state.step, state.history = meta["epoch"] + 1, meta["step"], meta["history"]
+    n_batches = len(data) if hasattr(data, "__len__") else None
+    state.total_steps = n_batches * epochs if n_batches else 0
+    for fn in hooks["on_train_start"]:
+        fn(state)
+    with progress_bar((epochs - start) * (n_batches or 0) or None, desc, progress) as bar:
+        for epoch in range(start, epochs):
+            state.epoch = epoch
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
+            model.train()
+            loss_sum, count = torch.zeros((), device=device), 0
+            for x, y in data:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss_sum += train_step(state, x, y, loss_fn, hooks, ghost_size)
+                count += len(x)
+                bar.advance(info=f"epoch {epoch + 1}/{epochs}")
+                if state.stop:
+                    break
+            state.log("train_loss", float(loss_sum) / max(count, 1))
+            if evaluate is not None:
+                model.eval()
+                with torch.no_grad():
+                    for key, value in evaluate(model).items():
+                        state.log(key, value)
+            for fn in hooks["on_epoch_end"]:
+                fn(state)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer,
+                                {"epoch": epoch, "step": state.step, "history": state.history})
+            if state.stop:
+                break
+    for fn in hooks["on_train_end"]:
+        fn(state)
+    return state.history
+
+
+@torch.no_grad()
+def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        batch_size: int = 1024, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on (x, y); restores the model's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, len(x)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return {"accuracy": correct / n, "loss": loss / n}

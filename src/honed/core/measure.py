@@ -1,0 +1,37 @@
+"""Measured cost of a model: parameters, MACs (exact, via torch's FlopCounterMode) and latency."""
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (FLOPs / 2, counted by torch)."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(example)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+@torch.no_grad()
+def median_latency(model: torch.nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time in seconds of ``model(example)`` in eval mode over ``repeats`` runs."""
+    was_training = model.training
+    model.eval()
+    for _ in range(warmup):
+        model(example)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(example)
+        times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return statistics.median(times)

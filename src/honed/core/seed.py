@@ -1,0 +1,44 @@
+"""Seeding and the run environment record."""
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a fresh torch Generator seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def environment(device: str) -> dict:
+    """What a reader needs to judge a measured number: versions, device, threads, machine."""
+    from honed import __version__
+
+    return {
+        "honed": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` -> torch.device; a missing CUDA is a clear InputError."""
+    from honed.core.errors import InputError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device '{name}'; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return device

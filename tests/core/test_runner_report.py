@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from honed.core.config import override
+from honed.core.errors import StoreError
+from honed.core.report import write_report
+from honed.core.runner import check_run_dir, run_experiment
+from tests.core.toy_experiment import ToyConfig, ToyExperiment
+
+
+def test_result_aggregates_seeds_and_computes_claims(runs):
+    result = run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
+    assert result.arms["ours"]["acc"]["mean"] == pytest.approx(2.0)
+    assert result.arms["ours"]["acc"]["std"] == pytest.approx(1.0)
+    assert [c.passed for c in result.claims] == [True, False] and result.status == "partial"
+    assert result.claims[0].measured == pytest.approx(1.0)
+    saved = json.loads((runs / "99-toy" / "default" / "result.json").read_text())
+    assert saved["schema"] == "honed-result-v1" and saved["status"] == "partial"
+    assert (runs / "99-toy" / "default" / "plot.png").stat().st_size > 1000
+
+
+def test_finished_seeds_are_not_recomputed_after_a_kill(runs):
+    ToyExperiment.calls.clear()
+    ToyExperiment.fail_on_seed = 2
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
+    finally:
+        ToyExperiment.fail_on_seed = -1
+    folder = runs / "99-toy" / "default"
+    assert ToyExperiment.calls == [0, 1] and not (folder / "result.json").exists()
+    run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
+    assert ToyExperiment.calls == [0, 1, 2]  # seeds 0 and 1 came from disk
+    run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
+    assert ToyExperiment.calls == [0, 1, 2]  # a finished run is loaded, not recomputed
+    assert (folder / "result.json").exists()
+
+
+def test_a_folder_of_another_config_is_refused(runs):
+    folder = runs / "99-toy" / "default"
+    check_run_dir(folder, "99-toy", ToyConfig())
+    with pytest.raises(StoreError, match="another config"):
+        check_run_dir(folder, "99-toy", override(ToyConfig(), {"offset": 2.0}))
+
+
+def test_resume_inside_a_seed_uses_the_cached_parts(runs):
+    ToyExperiment.calls.clear()
+    folder = runs / "99-toy" / "default" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "part_ours.json").write_text(json.dumps({"acc": 42.0}))
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
+    assert result.arms["ours"]["acc"]["mean"] == 42.0
+
+
+def test_corrupt_seed_result_is_reported_not_overwritten(runs):
+    folder = runs / "99-toy" / "default" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "seed_result.json").write_text("{not json")
+    with pytest.raises(StoreError, match="corrupt"):
+        run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
+    assert (folder / "seed_result.json").read_text() == "{not json"
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", force=True)
+    assert result.arms["base"]["acc"]["mean"] == 0.0
+
+
+def test_report_renders_tables_claims_and_plot(runs):
+    run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
+    md, page, count = write_report(runs)
+    text = md.read_text()
+    assert count == 1 and "| gain | paper: +0.5 | >= 0.5 | 1 | PASS |" in text
+    assert "| big gain | paper: +10 | >= 10 | 1 | FAIL |" in text
+    assert "2 ± 1" in text and "plot.png" in text
+    assert "data:image/png;base64," in page.read_text()
