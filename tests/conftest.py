@@ -12,3 +12,10 @@ def runs(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     monkeypatch.setenv("HONED_RUNS", str(root))
     return root
+
+
+# Tests run two xdist workers on two cores: one torch thread each avoids oversubscription, which on
+# a loaded machine made tiny models ~100x slower. Experiments themselves keep torch's default.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

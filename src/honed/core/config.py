@@ -19,14 +19,17 @@ from honed.core.errors import ConfigError
 
 PRESETS = ("smoke", "small", "full")
 # Fields that choose where or how a run executes but not what it computes: kept out of the hash.
-UNHASHED_FIELDS = ("seeds",)
+UNHASHED_FIELDS = ("seeds", "threads")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Base for experiment configs. ``seeds`` lists the seeds a run covers (one folder each)."""
+    """Base for experiment configs. ``seeds`` lists the seeds a run covers (one folder each);
+    ``threads`` is the torch intra-op thread count while a seed runs (0 = torch's default). Tiny
+    models run fastest on one thread, so experiments on digits-sized nets default it to 1."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 0
 
     @classmethod
     def small(cls) -> "ExperimentConfig":

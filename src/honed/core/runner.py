@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 
 from honed.core.atomic import atomic_write_json
-from honed.core.config import ExperimentConfig, config_hash, to_dict
+from honed.core.config import UNHASHED_FIELDS, ExperimentConfig, config_hash, to_dict
 from honed.core.errors import StoreError
 from honed.core.experiment import Experiment, Result, SeedOutput
-from honed.core.seed import environment, seed_everything
+from honed.core.seed import environment, seed_everything, torch_threads
 
 
 @dataclass
@@ -62,7 +62,8 @@ def check_run_dir(path: Path, exp_id: str, cfg: ExperimentConfig) -> None:
     """Refuse to write into a folder holding a different experiment's or config's files."""
     meta = path / "config.json"
     want = {"id": exp_id, "config": json.loads(json.dumps(to_dict(cfg), default=list))}
-    want["config"].pop("seeds")
+    for key in UNHASHED_FIELDS:
+        want["config"].pop(key)
     if meta.exists():
         have = read_json(meta)
         if have != want:
@@ -110,7 +111,8 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
             raise StoreError(f"{file} is not a honed seed result; delete it or rerun with --force") from None
     seed_everything(seed)
     start = time.perf_counter()
-    output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress))
+    with torch_threads(cfg.threads):
+        output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress))
     output.runtime_s = time.perf_counter() - start + output.runtime_s
     atomic_write_json(file, output.to_json())
     return output

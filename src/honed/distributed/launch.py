@@ -1,0 +1,126 @@
+"""Start N gloo CPU worker processes and collect what each returns (used by TernGrad's experiment and
+tests, and usable for any small ``torch.distributed`` job without torchrun).
+
+    def work(rank, world_size, lr):          # module-level, so spawn can pickle it
+        ...                                  # the default process group is ready here
+        return {"loss": 0.1}
+
+    results = run_workers(work, world_size=2, args=(0.1,))   # [rank 0's value, rank 1's value]
+
+Each worker: joins a fresh gloo group on 127.0.0.1 and a free port, calls ``torch.set_num_threads``
+(1 by default: small CPUs), runs ``fn(rank, world_size, *args)``, writes its return value (pickled) to
+a temporary file, then ends with ``sys.stdout.flush(); dist.destroy_process_group(); os._exit(code)``:
+on torch 2.13 gloo workers that exit normally often die with SIGABRT at interpreter exit.
+"""
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from honed.core.errors import HonedError, InputError
+
+
+class WorkerError(HonedError, RuntimeError):
+    """A worker process raised, died from a signal or returned nothing; names the rank and cause."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(value, fh)
+    os.replace(tmp, path)
+
+
+def _worker_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple,
+                 out_dir: str, timeout_s: float, threads: int) -> None:
+    """Entry point of one spawned worker (module level so it pickles)."""
+    torch.set_num_threads(threads)
+    out = Path(out_dir)
+    code = 0
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        _write(out / f"rank_{rank}.pkl", ("ok", fn(rank, world_size, *args)))
+    except BaseException as err:  # report every failure to the parent, then exit non-zero
+        _write(out / f"rank_{rank}.pkl", ("error", f"{type(err).__name__}: {err}", traceback.format_exc(),
+                                          time.time()))
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _collect(out: Path, world_size: int, crash: tuple[int, str] | None) -> list[Any]:
+    """Each rank's value. The earliest worker error wins (a crash makes its peers fail next, with
+    "connection closed" errors that hide the cause), then missing files."""
+    records: dict[int, tuple] = {}
+    for rank in range(world_size):
+        file = out / f"rank_{rank}.pkl"
+        if file.exists():
+            with open(file, "rb") as fh:
+                records[rank] = pickle.load(fh)
+    if crash is not None and crash[0] not in records:  # died without reporting: signal or os._exit
+        raise WorkerError(f"worker {crash[0]} of {world_size} died without a result: {crash[1]}")
+    errors = sorted((record[3], rank) for rank, record in records.items() if record[0] == "error")
+    if errors:
+        rank = errors[0][1]
+        others = f" ({len(errors) - 1} other worker(s) failed after it)" if len(errors) > 1 else ""
+        raise WorkerError(f"worker {rank} of {world_size} failed: {records[rank][1]}{others}\n{records[rank][2]}")
+    missing = [rank for rank in range(world_size) if rank not in records]
+    if missing:
+        raise WorkerError(f"worker {missing[0]} of {world_size} returned nothing (terminated after a peer failed)")
+    return [records[rank][1] for rank in range(world_size)]
+
+
+def run_workers(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (), *,
+                timeout_s: float = 120.0, threads_per_worker: int = 1,
+                start_method: str = "spawn") -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned gloo CPU processes; return the
+    list of their (picklable) return values, indexed by rank.
+
+    fn must be a module-level function (spawn pickles it by name). Each call uses its own free
+    port. A worker that raises, dies or hangs past ``timeout_s`` in a collective raises WorkerError
+    naming its rank (the other workers are terminated). ``start_method``: "spawn" (default, safe
+    anywhere; each worker re-imports torch, and DDP pulls in torch._dynamo: seconds per launch) or
+    "fork" (POSIX; workers share the parent's imported modules and start in ~0.1 s; not after CUDA
+    was initialised in the parent).
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise InputError(f"world_size must be an integer >= 1, got {world_size!r}")
+    if start_method not in mp.get_all_start_methods():
+        raise InputError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
+    if not callable(fn):
+        raise InputError(f"fn must be callable, got {type(fn).__name__}")
+    with tempfile.TemporaryDirectory(prefix="honed_workers_") as tmp:
+        crash = None
+        try:
+            mp.start_processes(_worker_main, nprocs=world_size, join=True, start_method=start_method,
+                               args=(fn, world_size, free_port(), tuple(args), tmp, timeout_s,
+                                     threads_per_worker))
+        except mp.ProcessExitedException as err:
+            crash = (err.error_index, str(err))
+        except mp.ProcessRaisedException as err:
+            raise WorkerError(f"worker {err.error_index} failed: {err}") from None
+        return _collect(Path(tmp), world_size, crash)
