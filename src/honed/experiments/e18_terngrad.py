@@ -51,6 +51,7 @@ class TernGradConfig(ExperimentConfig):
     powersgd_rank: int = 2
     powersgd_start_iter: int = 2  # fp32 all-reduce before it (torch's minimum with error feedback)
     seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 1  # tiny MLP: one torch thread is fastest (DDP workers set their own)
 
     @classmethod
     def smoke(cls) -> "TernGradConfig":
@@ -253,14 +254,9 @@ def simulate(arm: str, n_workers: int, cfg: TernGradConfig, seed: int,
 
 
 def simulate_arms(n_workers: int, cfg: TernGradConfig, seed: int, data: dict[str, torch.Tensor]) -> dict:
-    """All Part-B arms at one worker count, on one intra-op thread (restored after): the tensors are
-    tiny, and on a busy 2-core machine two OpenMP threads made each op ~50x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {arm: simulate(arm, n_workers, cfg, seed, data) for arm in SIM_ARMS}
-    finally:
-        torch.set_num_threads(threads)
+    """All Part-B arms at one worker count (torch threads come from ``cfg.threads``, default 1: the
+    tensors are tiny, and on a busy 2-core machine two OpenMP threads made each op ~50x slower)."""
+    return {arm: simulate(arm, n_workers, cfg, seed, data) for arm in SIM_ARMS}
 
 
 # ----------------------------------------------------------------------------- the experiment
