@@ -72,3 +72,9 @@ def test_report_renders_tables_claims_and_plot(runs):
     assert "| big gain | paper: +10 | >= 10 | 1 | FAIL |" in text
     assert "2 ± 1" in text and "plot.png" in text
     assert "data:image/png;base64," in page.read_text()
+
+
+def test_method_arms_are_recognised_by_name_or_suffix(runs):
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
+    assert result.is_method_arm("ours") and result.is_method_arm("large/ours")
+    assert not result.is_method_arm("base") and not result.is_method_arm("yours")

@@ -105,6 +105,11 @@ class Result:
         kw["claims"] = [Claim(**c) for c in kw["claims"]]
         return cls(**kw)
 
+    def is_method_arm(self, arm: str) -> bool:
+        """True for the method's own arms: a name in ``method``, or one ending in ``/<method arm>``
+        (experiments that sweep settings name arms like ``large/smoothout`` or ``b50/gcw``)."""
+        return arm in self.method or any(arm.endswith("/" + m) for m in self.method)
+
     def mean(self, arm: str, metric: str) -> float:
         return self.arms[arm][metric]["mean"]
 

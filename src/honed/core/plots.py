@@ -13,7 +13,7 @@ def plot_curves(result: Any, fig: Any) -> bool:
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
     for ax, (name, by_arm) in zip(axes, curves.items()):
         for arm, ys in by_arm.items():
-            style = "-" if arm in result.method or any(arm.endswith(m) for m in result.method) else "--"
+            style = "-" if result.is_method_arm(arm) else "--"
             ax.plot(range(1, len(ys) + 1), ys, style, label=arm)
         ax.set_xlabel("epoch")
         ax.set_title(name)

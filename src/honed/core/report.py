@@ -49,7 +49,7 @@ def arms_table(result: Result) -> tuple[list[str], list[list[str]]]:
         metrics += [m for m in by_metric if m not in metrics]
     rows = []
     for arm, by_metric in result.arms.items():
-        role = "ours" if arm in result.method else "baseline"
+        role = "ours" if result.is_method_arm(arm) else "baseline"
         rows.append([arm, role] + [stat(by_metric[m]) if m in by_metric else "-" for m in metrics])
     return ["arm", "role"] + metrics, rows
 

@@ -1,0 +1,236 @@
+"""16-smoothout: SmoothOut vs plain / noisy / Gaussian-denoised SGD on digits, small and large batch
+(SmoothOut: Smoothing Out Sharp Minima to Improve Generalization in Deep Learning, arXiv:1805.07898).
+
+Per seed and regime, five arms train the same initial MLP 64-256-256-10 (BN) on the same batches:
+sgd, noisy_sgd (uniform noise never removed), gaussian_denoise (normal noise of the same variance,
+removed), smoothout (uniform, ``none`` mode) and adasmoothout (``filter`` mode). Each arm reports test and
+train accuracy, the generalisation gap, Keskar epsilon-sharpness and the loss increase under random
+U(-a, a) perturbations on a fixed train subset. Each arm's numbers are cached, so a killed run resumes
+per arm.
+"""
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from honed.core.errors import ConfigError
+from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.config import ExperimentConfig
+from honed.core.loop import Callback, ClipGradNorm, evaluate_classifier, train
+from honed.data import Batches, create_dataset
+from honed.efficient.sharpness import epsilon_sharpness, random_perturbation_loss_increase
+from honed.efficient.smoothout import PersistentWeightNoise, SmoothOut
+from honed.models import create_model
+
+REGIMES = ("small", "large")
+ARMS = ("sgd", "noisy_sgd", "gaussian_denoise", "smoothout", "adasmoothout")
+METHOD_ARMS = ("smoothout", "adasmoothout")
+
+
+@dataclass(frozen=True)
+class SmoothOutConfig(ExperimentConfig):
+    """Defaults are the ``small`` preset. ``amplitude`` is absolute (modes none / noisy / Gaussian);
+    ``ada_amplitude`` is relative to each filter's norm (AdaSmoothOut). Both were picked offline on an
+    inner split of the training split (see ``AMPLITUDE_SWEEP``), never on the test split. ``small`` runs
+    3 seeds x 60 epochs (the card's 5 seeds do not fit 3 min on 2 shared cores); ``full`` runs 5."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 1  # digits MLP: one torch thread is as fast and immune to oversubscription
+    epochs: int = 60
+    hidden: tuple[int, ...] = (256, 256)
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    small_batch: int = 32
+    large_batch: int = 1024
+    ghost_size: int = 128
+    base_lr: float = 0.05
+    momentum: float = 0.9
+    clip_norm: float = 5.0
+    amplitude: float = 0.003
+    ada_amplitude: float = 0.1
+    schedule: Literal["constant", "anneal", "tanh"] = "constant"
+    sharpness_eps: float = 5e-4
+    sharpness_steps: int = 10
+    sharpness_samples: int = 512
+    random_draws: int = 20
+
+    @classmethod
+    def smoke(cls) -> "SmoothOutConfig":
+        return replace(cls(), seeds=(0,), epochs=3, sharpness_steps=3, random_draws=3)
+
+    @classmethod
+    def full(cls) -> "SmoothOutConfig":
+        return replace(cls(), seeds=(0, 1, 2, 3, 4), epochs=60)
+
+    def validate(self) -> None:
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        for name in ("epochs", "small_batch", "large_batch", "ghost_size", "sharpness_steps",
+                     "sharpness_samples", "random_draws"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("base_lr", "clip_norm", "amplitude", "ada_amplitude", "sharpness_eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def lr(self, regime: str) -> float:
+        """Hoffer et al.'s sqrt scaling: lr = base_lr * sqrt(B / small_batch)."""
+        batch = self.small_batch if regime == "small" else self.large_batch
+        return self.base_lr * math.sqrt(batch / self.small_batch)
+
+
+AMPLITUDE_SWEEP = (
+    "amplitudes were picked by an offline sweep on an inner 70/30 split of the training split "
+    "(seeds 10-11, 60 epochs, both regimes; validation accuracy, ties to the larger amplitude): "
+    "none a in {0.003, 0.01, 0.03}, filter a in {0.03, 0.1}; all arms lay within ~1-2 validation "
+    "samples of plain SGD, so the sweep barely discriminates"
+)
+
+
+def noise_callback(arm: str, model: torch.nn.Module, cfg: SmoothOutConfig,
+                   generator: torch.Generator) -> Callback | None:
+    """The weight-noise callback of one arm (None for plain SGD)."""
+    common = dict(schedule=cfg.schedule, generator=generator)
+    if arm == "noisy_sgd":
+        return PersistentWeightNoise(model, cfg.amplitude, **common)
+    if arm == "gaussian_denoise":  # same per-weight variance as U(-a, a): std a / sqrt(3)
+        return SmoothOut(model, cfg.amplitude / math.sqrt(3), noise="normal", **common)
+    if arm == "smoothout":
+        return SmoothOut(model, cfg.amplitude, mode="none", **common)
+    if arm == "adasmoothout":
+        return SmoothOut(model, cfg.ada_amplitude, mode="filter", **common)
+    return None
+
+
+def train_arm(cfg: SmoothOutConfig, data: Any, regime: str, arm: str, seed: int,
+              device: torch.device, progress: bool) -> dict[str, Any]:
+    """Train one arm from the seed's shared initialisation; return its metrics and test curve."""
+    torch.manual_seed(seed)  # same init for every arm of a seed
+    model = create_model("mlp", in_features=data.train.x.shape[1], hidden=cfg.hidden,
+                         num_classes=data.num_classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr(regime), momentum=cfg.momentum)
+    noise = noise_callback(arm, model, cfg, torch.Generator(device=device).manual_seed(seed + 7919))
+    callbacks = ([noise] if noise else []) + [ClipGradNorm(cfg.clip_norm)]
+    batch = cfg.small_batch if regime == "small" else cfg.large_batch
+    test_x, test_y = data.test.x.to(device), data.test.y.to(device)
+    history = train(model, Batches(data.train, batch, seed=seed), optimizer, cfg.epochs,
+                    callbacks=callbacks, ghost_size=cfg.ghost_size, device=device, progress=progress,
+                    evaluate=lambda m: {"test_acc": evaluate_classifier(m, test_x, test_y)["accuracy"]},
+                    desc=f"16-smoothout {regime}/{arm} seed {seed}")
+    on_train = evaluate_classifier(model, data.train.x.to(device), data.train.y.to(device))
+    train_acc = on_train["accuracy"]
+    sub_x = data.train.x[:cfg.sharpness_samples].to(device)
+    sub_y = data.train.y[:cfg.sharpness_samples].to(device)
+    sharpness = epsilon_sharpness(model, F.cross_entropy, sub_x, sub_y, cfg.sharpness_eps, cfg.sharpness_steps)
+    rand_increase = random_perturbation_loss_increase(
+        model, F.cross_entropy, sub_x, sub_y, cfg.amplitude, cfg.random_draws,
+        generator=torch.Generator(device=device).manual_seed(seed + 104729))
+    test_acc = history["test_acc"][-1]
+    metrics = {"test_acc": test_acc, "train_acc": train_acc, "gen_gap": train_acc - test_acc,
+               "train_loss": on_train["loss"], "sharpness": sharpness, "rand_loss_increase": rand_increase}
+    return {"metrics": metrics, "curve": history["test_acc"]}
+
+
+@register_experiment
+class SmoothOutExperiment(Experiment):
+    id = "16-smoothout"
+    title = "SmoothOut: uniform weight noise + de-noising for flatter minima"
+    family = "efficient"
+    paper = ("SmoothOut: Smoothing Out Sharp Minima to Improve Generalization in Deep Learning "
+             "(arXiv:1805.07898)")
+    summary = ("An MLP 64-256-256-10 with BN is trained on sklearn digits with small (B=32) and large "
+               "(B=1024, ghost batch 128, sqrt-scaled lr) batches, momentum 0.9 and grad-norm clip 5. "
+               "SmoothOut injects fresh U(-a, a) weight noise per ghost chunk and removes it before the "
+               "optimizer step; AdaSmoothOut scales the noise to each filter's norm. Baselines: plain SGD, "
+               "noisy SGD (noise never removed) and Gaussian noise with de-noising. Measured: test/train "
+               "accuracy, generalisation gap, Keskar epsilon-sharpness and random-perturbation loss increase.")
+    Config = SmoothOutConfig
+    method = tuple(f"{r}/{a}" for r in REGIMES for a in METHOD_ARMS)
+    baselines = tuple(f"{r}/{a}" for r in REGIMES for a in ARMS if a not in METHOD_ARMS)
+    reconstructed = (
+        "noise amplitudes (the paper's per-network values were not recovered): picked by an offline "
+        "validation sweep inside the card's ranges",
+        "epsilon-sharpness maximiser: 10 projected sign-gradient ascent steps instead of the reference's "
+        "10 L-BFGS-B iterations",
+        "Gaussian ablation: std a/sqrt(3), matching the variance of U(-a, a)",
+        "noisy SGD: each ghost chunk's draw is added and never removed (the weights random-walk)",
+    )
+
+    def run_seed(self, cfg: SmoothOutConfig, seed: int, ctx: Any) -> SeedOutput:
+        data = create_dataset("digits", flat=True, split_seed=cfg.split_seed,
+                              fractions=(1 - cfg.test_fraction, 0.0, cfg.test_fraction))
+        arms, curves = {}, {f"{r} batch test_acc": {} for r in REGIMES}
+        for regime in REGIMES:
+            for arm in ARMS:
+                out = ctx.cached(f"{regime}_{arm}", lambda r=regime, a=arm: train_arm(
+                    cfg, data, r, a, seed, ctx.device, ctx.progress))
+                arms[f"{regime}/{arm}"] = out["metrics"]
+                curves[f"{regime} batch test_acc"][arm] = out["curve"]
+        extra = {"lr_small": cfg.lr("small"), "lr_large": cfg.lr("large")}
+        return SeedOutput(arms=arms, extra=extra, curves=curves)
+
+    def claims(self, cfg: SmoothOutConfig, result: Any) -> list[Claim]:
+        mean = result.mean
+        sgd_sharp = mean("large/sgd", "sharpness")
+        claims = []
+        for arm in METHOD_ARMS:
+            reduction = 1 - mean(f"large/{arm}", "sharpness") / sgd_sharp if sgd_sharp > 0 else float("nan")
+            claims.append(Claim.check(
+                f"large batch: {arm} relative sharpness reduction vs sgd", reduction, ">=", 0.25,
+                "card: SmoothOut/AdaSmoothOut lower epsilon-sharpness than plain SGD by >= 25% (large batch)",
+                metric="sharpness"))
+        for arm in METHOD_ARMS:
+            claims.append(Claim.check(
+                f"large batch: {arm} test acc - sgd test acc",
+                mean(f"large/{arm}", "test_acc") - mean("large/sgd", "test_acc"), ">=", 0.0,
+                "card: equal or higher test accuracy than SGD with large batches (+0.5-2 pts expected)",
+                metric="test_acc"))
+        sgd_small = result.arms["small/sgd"]["test_acc"]
+        claims.append(Claim.check(
+            "small batch: smoothout test acc - (sgd mean - 1 std)",
+            mean("small/smoothout", "test_acc") - (sgd_small["mean"] - sgd_small["std"]), ">=", 0.0,
+            "card: no loss of accuracy with small batches (within 1 std over seeds)", metric="test_acc"))
+        claims.append(Claim.check(
+            "large batch: smoothout test acc - noisy_sgd test acc",
+            mean("large/smoothout", "test_acc") - mean("large/noisy_sgd", "test_acc"), ">=", 0.0,
+            "card: noisy SGD without de-noising should not beat SmoothOut", metric="test_acc"))
+        return claims
+
+    def notes(self, cfg: SmoothOutConfig, result: Any) -> list[str]:
+        mean = result.mean
+        penalty = mean("small/sgd", "test_acc") - mean("large/sgd", "test_acc")
+        lines = [AMPLITUDE_SWEEP + f"; used a = {cfg.amplitude} (none) and {cfg.ada_amplitude} (filter).",
+                 f"large-batch penalty of plain SGD here: small/sgd - large/sgd test acc = {100 * penalty:+.2f} "
+                 f"pts (train acc {mean('small/sgd', 'train_acc'):.4f} / {mean('large/sgd', 'train_acc'):.4f}, "
+                 f"train loss {mean('small/sgd', 'train_loss'):.2e} / {mean('large/sgd', 'train_loss'):.2e})."]
+        if penalty <= 0:
+            lines.append("large batches cost plain SGD no test accuracy on this small, easy data set, so there "
+                         "is no large-batch generalisation gap for SmoothOut to close; the accuracy claims "
+                         "then compare arms that differ by a few test samples.")
+        for regime in REGIMES:
+            sharp = ", ".join(f"{a} {mean(f'{regime}/{a}', 'sharpness'):.4f}" for a in ARMS)
+            lines.append(f"{regime}-batch epsilon-sharpness (percent, eps={cfg.sharpness_eps}): {sharp}.")
+        if len(result.seeds) < 5:
+            lines.append(f"{len(result.seeds)} seed(s) (the card asks for 5, kept for the full preset so the "
+                         "small preset fits its CPU budget).")
+        return lines
+
+    def plot(self, result: Any, fig: Any) -> bool:
+        axes = fig.subplots(1, 3)
+        for ax, regime in zip(axes[:2], REGIMES):
+            for arm, ys in result.curves.get(f"{regime} batch test_acc", {}).items():
+                ax.plot(range(1, len(ys) + 1), ys, "-" if arm in METHOD_ARMS else "--", label=arm)
+            ax.set(title=f"{regime} batch: test accuracy", xlabel="epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        width = 0.8 / len(ARMS)
+        for i, arm in enumerate(ARMS):
+            stats = [result.arms[f"{r}/{arm}"]["sharpness"] for r in REGIMES]
+            axes[2].bar([k + i * width for k in range(len(REGIMES))], [s["mean"] for s in stats], width,
+                        yerr=[s["std"] for s in stats], label=arm)
+        axes[2].set_xticks([k + 0.4 - width / 2 for k in range(len(REGIMES))], [f"{r} batch" for r in REGIMES])
+        axes[2].set(title="epsilon-sharpness (%)")
+        axes[2].legend(fontsize=7)
+        return True
