@@ -1,0 +1,1 @@
+"""Robustness: adversarial attacks, robust training and certified defences (randomized smoothing)."""
