@@ -1,0 +1,173 @@
+"""A mini ReActNet-A binary network with BN, without BN (scaled WS + alpha/beta) or with BN simply deleted
+("BNN - BN = ?", arXiv:2104.08215; ReActNet arXiv:2003.03488), for 8x8 to 32x32 images such as digits.
+
+Variants (:data:`VARIANTS`, built by :func:`create_bnn`):
+
+* ``bnfree`` - the method: scaled weight standardisation on every conv, no BN, alpha/beta residual scaling;
+* ``bn`` - the baseline: the same net with BN after the stem and after every binary conv, plain convs;
+* ``none`` - BN deleted and nothing else changed (plain convs, no alpha/beta);
+* ``bnfree_no_ws`` - ablation: alpha/beta scaling but plain (unstandardised) convs;
+* ``fp32`` - real-valued reference / KD teacher: the ``bn`` net with real activations and real weights.
+"""
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from honed.compress.binary import (BinaryConv2d, RPReLU, RSign, ScaledStdConv2d, WeightInit, residual_betas)
+from honed.core.errors import InputError
+
+Norm = Literal["scaled", "bn", "none"]
+NORMS = ("scaled", "bn", "none")
+VARIANTS = {
+    "bnfree": {"norm": "scaled", "standardize": True},
+    "bn": {"norm": "bn", "standardize": False},
+    "none": {"norm": "none", "standardize": False},
+    "bnfree_no_ws": {"norm": "scaled", "standardize": False},
+    "fp32": {"norm": "bn", "standardize": False, "binary_activations": False},
+}
+
+
+class LearnableShift(nn.Module):
+    """Per-channel learnable bias (the real-valued stand-in for RSign when activations stay real)."""
+
+    def __init__(self, channels: int, device=None) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class BinaryReActBlock(nn.Module):
+    """ReActNet-A block ("BNN - BN = ?", arXiv:2104.08215, step 5): [x beta1 -> RSign -> binary 3x3 (stride s)
+    -> x alpha + skip -> RPReLU] then [x beta2 -> RSign -> binary 1x1 -> x alpha + skip -> RPReLU]; when
+    ``c_out == 2 c_in`` two 1x1 convs each add the same skip and are concatenated. The skip of a stride-2
+    block is AvgPool2 of the (scaled) input. With ``norm="bn"`` BN follows every binary conv; scaling
+    (alpha, betas) is used only with ``norm="scaled"``.
+
+    Input (N, c_in, H, W) real; output (N, c_out, H/s, W/s).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: Norm = "scaled", standardize: bool = True,
+                 alpha: float = 0.2, betas: tuple[float, float] = (1.0, 1.0), binary_activations: bool = True,
+                 binary_weights: bool = False, weight_init: WeightInit = "uniform_small", device=None) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if c_out not in (c_in, 2 * c_in) or stride not in (1, 2):
+            raise InputError(f"a block maps c_in -> c_in or 2 c_in with stride 1 or 2; got {c_in}->{c_out}, s={stride}")
+        scaled = norm == "scaled"
+        self.alpha = alpha if scaled else 1.0
+        self.beta1, self.beta2 = betas if scaled else (1.0, 1.0)
+        self.stride = stride
+        conv = dict(standardize=standardize, binary_weights=binary_weights, weight_init=weight_init, device=device)
+
+        def sign(c):
+            return RSign(c, device) if binary_activations else LearnableShift(c, device)
+
+        def bn(c):
+            return nn.BatchNorm2d(c, device=device) if norm == "bn" else nn.Identity()
+
+        self.sign1, self.conv3x3, self.bn1 = sign(c_in), BinaryConv2d(c_in, c_in, 3, stride, **conv), bn(c_in)
+        self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        self.act1, self.sign2 = RPReLU(c_in, device), sign(c_in)
+        n_pointwise = c_out // c_in
+        self.pointwise = nn.ModuleList(BinaryConv2d(c_in, c_in, 1, **conv) for _ in range(n_pointwise))
+        self.bn2 = nn.ModuleList(bn(c_in) for _ in range(n_pointwise))
+        self.act2 = RPReLU(c_out, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = x * self.beta1 if self.beta1 != 1.0 else x
+        branch = self.bn1(self.conv3x3(self.sign1(x_in)))
+        skip = self.pool(x_in) if self.stride == 2 else x
+        out1 = self.act1(skip + self.alpha * branch)
+        h = self.sign2(out1 * self.beta2 if self.beta2 != 1.0 else out1)
+        out2 = torch.cat([out1 + self.alpha * bn(conv(h)) for conv, bn in zip(self.pointwise, self.bn2)], dim=1)
+        return self.act2(out2)
+
+
+class BinaryReActNet(nn.Module):
+    """Mini ReActNet-A ("BNN - BN = ?", arXiv:2104.08215; card's small-scale model): input normalisation,
+    real 3x3 stem (``stem_width``, stride ``stem_stride``: 2 as in ReActNet-A), one
+    :class:`BinaryReActBlock` per entry of ``widths``/``strides``, global average pooling and a real
+    linear ``classifier``.
+
+    Input (N, in_channels, H, W) with H, W in 8..32 (values in [0, 1] are normalised inside by
+    ``input_mean``/``input_std``); output logits (N, num_classes). ``norm``: ``scaled`` (BN-free: the
+    stem is a ScaledStdConv2d when ``standardize``, blocks use alpha/beta), ``bn`` or ``none``.
+    ``binary_weights`` False is the card's step 1 (binary activations, real weights).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, stem_width: int = 16, stem_stride: int = 2,
+                 widths: tuple[int, ...] = (16, 32, 32, 64, 64), strides: tuple[int, ...] = (1, 2, 1, 2, 1),
+                 norm: Norm = "scaled", standardize: bool = True, alpha: float = 0.2,
+                 binary_activations: bool = True, binary_weights: bool = False,
+                 weight_init: WeightInit = "uniform_small", input_mean: float = 0.0, input_std: float = 1.0,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__()
+        if len(widths) != len(strides) or not widths:
+            raise InputError(f"widths and strides must be non-empty and of equal length, got {widths}, {strides}")
+        if input_std <= 0:
+            raise InputError(f"input_std must be > 0, got {input_std}")
+        self.register_buffer("input_mean", torch.tensor(float(input_mean), device=device))
+        self.register_buffer("input_std", torch.tensor(float(input_std), device=device))
+        if norm == "scaled" and standardize:
+            self.stem = ScaledStdConv2d(in_channels, stem_width, 3, stem_stride, device=device)
+        else:
+            self.stem = nn.Conv2d(in_channels, stem_width, 3, stem_stride, 1, bias=False, device=device)
+        self.stem_bn = nn.BatchNorm2d(stem_width, device=device) if norm == "bn" else nn.Identity()
+        betas = residual_betas([s == 2 for s in strides], alpha) if norm == "scaled" else [(1.0, 1.0)] * len(widths)
+        blocks, c_in = [], stem_width
+        for width, stride, beta in zip(widths, strides, betas):
+            blocks.append(BinaryReActBlock(c_in, width, stride, norm, standardize, alpha, beta,
+                                           binary_activations, binary_weights, weight_init, device))
+            c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(c_in, num_classes, device=device)
+        self.in_channels = in_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output (N, widths[-1], H', W') before pooling."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"BinaryReActNet expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        x = (x - self.input_mean) / self.input_std
+        return self.blocks(self.stem_bn(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def create_bnn(variant: str, **kwargs) -> BinaryReActNet:
+    """Build a :class:`BinaryReActNet` of one of :data:`VARIANTS` ("BNN - BN = ?", arXiv:2104.08215);
+    ``kwargs`` (widths, alpha, input_mean, ...) go to the constructor. The ``fp32`` variant has real
+    activations and weights."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown BNN variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return BinaryReActNet(**{**VARIANTS[variant], **kwargs})
+
+
+@torch.no_grad()
+def count_binary_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates per sample done by BinaryConv2d layers with ``binary_weights`` on (XNOR-popcount
+    operations on binary hardware; "BNN - BN = ?", arXiv:2104.08215). ``example`` (N, C, H, W); counted
+    with forward hooks as output elements x in_channels x k x k / N."""
+    total, hooks = [0], []
+
+    def hook(module: BinaryConv2d, inputs, output) -> None:
+        if module.binary_weights:
+            total[0] += output[0].numel() * module.in_channels * module.kernel_size ** 2
+
+    for m in model.modules():
+        if isinstance(m, BinaryConv2d):
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total[0]
