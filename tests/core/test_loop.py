@@ -1,7 +1,8 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from honed.core.loop import Callback, ClipGradNorm, evaluate_classifier, train
+from honed.core.loop import Callback, ClipGradNorm, CosineLR, evaluate_classifier, train
 from honed.data.base import Batches, Split
 
 
@@ -77,17 +78,17 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     data = make_data(40)
     ref = make_model()
     hist_ref = train(ref, Batches(data, 8), torch.optim.SGD(ref.parameters(), 0.1, momentum=0.9), 4,
-                     callbacks=[ClipGradNorm(1.0)], progress=False)
+                     callbacks=[ClipGradNorm(1.0), CosineLR()], progress=False)
     model = make_model()
     ckpt = tmp_path / "c.safetensors"
     try:
         train(model, Batches(data, 8), torch.optim.SGD(model.parameters(), 0.1, momentum=0.9), 4,
-              callbacks=[ClipGradNorm(1.0), StopAfter(1)], checkpoint=ckpt, progress=False)
+              callbacks=[ClipGradNorm(1.0), CosineLR(), StopAfter(1)], checkpoint=ckpt, progress=False)
     except KeyboardInterrupt:
         pass
     resumed = make_model()
     hist = train(resumed, Batches(data, 8), torch.optim.SGD(resumed.parameters(), 0.1, momentum=0.9), 4,
-                 callbacks=[ClipGradNorm(1.0)], checkpoint=ckpt, progress=False)
+                 callbacks=[ClipGradNorm(1.0), CosineLR()], checkpoint=ckpt, progress=False)
     assert len(hist["train_loss"]) == 4
     assert hist["train_loss"][2:] == hist_ref["train_loss"][2:]
     for a, b in zip(ref.parameters(), resumed.parameters()):
@@ -105,3 +106,13 @@ def test_evaluate_classifier_counts_and_restores_mode():
     assert out["accuracy"] == 2 / 3 and model.training
     expected = F.cross_entropy(model(x), y).item()
     assert abs(out["loss"] - expected) < 1e-6
+
+
+def test_cosine_lr_follows_the_formula():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), 0.4)
+    seen = []
+    grab = type("Grab", (Callback,), {"before_step": lambda self, s: seen.append(s.optimizer.param_groups[0]["lr"])})()
+    train(model, Batches(make_data(16), 4, shuffle=False), opt, 1, callbacks=[CosineLR(), grab], progress=False)
+    import math
+    assert seen == pytest.approx([0.4 * 0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)])

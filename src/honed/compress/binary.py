@@ -25,21 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_number
 from honed.core.loop import Callback, TrainState
 
 WeightInit = Literal["uniform_small", "kaiming"]
 WEIGHT_INITS = ("uniform_small", "kaiming")
-
-
-def _positive(value: float, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(out) or out <= 0:
-        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-    return out
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +71,8 @@ def standardize_weight(weight: torch.Tensor, gamma: float = 1.0, eps: float = 1e
     """
     if weight.dim() < 2:
         raise InputError(f"standardize_weight expects a weight of shape (out, in, ...), got {tuple(weight.shape)}")
-    _positive(gamma, "gamma")
-    _positive(eps, "eps")
+    check_number(gamma, "gamma", strict=True)
+    check_number(eps, "eps", strict=True)
     dims = tuple(range(1, weight.dim()))
     fan_in = weight[0].numel()
     std, mean = torch.std_mean(weight, dim=dims, keepdim=True, unbiased=False)
@@ -121,7 +111,7 @@ class ScaledStdConv2d(nn.Conv2d):
         padding = (kernel_size - 1) // 2 if padding is None else padding
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, device=device)
         self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1, device=device))
-        self.gamma, self.eps = _positive(gamma, "gamma"), _positive(eps, "eps")
+        self.gamma, self.eps = check_number(gamma, "gamma", strict=True), check_number(eps, "eps", strict=True)
 
     def effective_weight(self) -> torch.Tensor:
         return self.gain * standardize_weight(self.weight, self.gamma, self.eps)
@@ -141,7 +131,7 @@ class _BinaryWeightMixin:
         if weight_init not in WEIGHT_INITS:
             raise InputError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}")
         self.standardize, self.binary_weights = bool(standardize), bool(binary_weights)
-        self.gamma, self.eps = _positive(gamma, "gamma"), _positive(eps, "eps")
+        self.gamma, self.eps = check_number(gamma, "gamma", strict=True), check_number(eps, "eps", strict=True)
         weight = torch.empty(shape, device=device)
         if weight_init == "uniform_small":  # card: latent weights U(0, 0.001)
             nn.init.uniform_(weight, 0.0, 1e-3)
@@ -249,7 +239,7 @@ def residual_betas(transitions: Sequence[bool], alpha: float = 0.2) -> list[tupl
     input), before that block's first addition. Without transitions the betas are 1/sqrt(1 + k alpha^2),
     k = 0, 1, 2, ...
     """
-    alpha = _positive(alpha, "alpha")
+    alpha = check_number(alpha, "alpha", strict=True)
     variance, betas = 1.0, []
     for is_transition in transitions:
         beta1 = variance ** -0.5
@@ -280,7 +270,7 @@ def adaptive_clip_grad_(parameters: Iterable[torch.Tensor], clip_factor: float =
     Pass every parameter except the final classifier's. The card's ImageNet scripts use 0.02. A non-finite
     gradient is left as it is (a diverging run stays visible instead of being clipped into range).
     """
-    clip_factor, eps = _positive(clip_factor, "clip_factor"), _positive(eps, "eps")
+    clip_factor, eps = check_number(clip_factor, "clip_factor", strict=True), check_number(eps, "eps", strict=True)
     for p in parameters:
         if p.grad is None:
             continue
@@ -300,7 +290,7 @@ class AdaptiveGradClip(Callback):
 
     def __init__(self, parameters: Iterable[torch.Tensor], clip_factor: float = 0.02, eps: float = 1e-3) -> None:
         self.parameters = list(parameters)
-        self.clip_factor, self.eps = _positive(clip_factor, "clip_factor"), _positive(eps, "eps")
+        self.clip_factor, self.eps = check_number(clip_factor, "clip_factor", strict=True), check_number(eps, "eps", strict=True)
 
     def clip(self) -> None:
         adaptive_clip_grad_(self.parameters, self.clip_factor, self.eps)

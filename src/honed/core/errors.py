@@ -4,6 +4,7 @@ Components raise these (they subclass ``ValueError`` / ``ImportError`` where tha
 would catch) so that a bad input gives one clear sentence instead of a traceback deep in torch.
 """
 import importlib
+import math
 from types import ModuleType
 
 
@@ -44,3 +45,23 @@ def require_extra(module: str, extra: str, install: str | None = None) -> Module
             f"this needs the optional package '{module}' ({err.__class__.__name__}: {err}); "
             f"install it with: {how}"
         ) from None
+
+
+def check_number(value: float, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """Return ``value`` as a float or raise InputError when it is not a finite number >= (or >)
+    ``minimum``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    bad = number <= minimum if strict else number < minimum
+    if math.isnan(number) or math.isinf(number) or bad:
+        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return number
+
+
+def check_count(value: int, name: str, minimum: int = 1) -> int:
+    """Return ``value`` or raise InputError when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -12,6 +12,7 @@ Methods that change the step (SmoothOut, gradient clipping, stream filters) are 
 of this loop. With ``ghost_size`` the batch is split into chunks that each run their own forward, so
 BatchNorm statistics are per chunk (ghost BN, Hoffer et al. 2017) and gradients are the batch mean.
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -66,6 +67,21 @@ class ClipGradNorm(Callback):
 
     def before_step(self, state: TrainState) -> None:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm)
+
+
+class CosineLR(Callback):
+    """Cosine learning-rate decay to 0 over all steps of one ``train`` call: the lr of each param
+    group is ``base * (1 + cos(pi * step / total_steps)) / 2``, set before each step. The base lr is
+    kept in the param group as ``initial_lr`` (torch's scheduler convention), so it survives a
+    checkpoint and a resumed run decays from the original lr, not from the decayed one."""
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.base = [g.setdefault("initial_lr", g["lr"]) for g in state.optimizer.param_groups]
+
+    def on_step_start(self, state: TrainState) -> None:
+        frac = state.step / max(state.total_steps, 1)
+        for group, base in zip(state.optimizer.param_groups, self.base):
+            group["lr"] = base * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _dispatch(callbacks: Iterable[Callback]) -> dict[str, list[Callable]]:

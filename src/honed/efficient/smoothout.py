@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_number
 from honed.core.loop import Callback, TrainState
 
 MODES = ("none", "filter", "weight")
@@ -33,13 +33,7 @@ TANH_SCALE = 10.0    # a_t = a * (tanh(TANH_SCALE * (t / T - 0.5)) + 1) / 2, the
 
 def check_amplitude(amplitude: float, name: str = "amplitude") -> float:
     """Return ``amplitude`` as a float or raise InputError when it is NaN, infinite or negative."""
-    try:
-        value = float(amplitude)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {amplitude!r}") from None
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise InputError(f"{name} must be a finite number >= 0, got {amplitude!r}")
-    return value
+    return check_number(amplitude, name)
 
 
 def _check_choice(value: str, choices: tuple[str, ...], name: str) -> str:

@@ -38,7 +38,7 @@ from honed.compress.lowrank import LayerRank, decompose_model, plan_ranks
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import Callback, evaluate_classifier, train
+from honed.core.loop import Callback, CosineLR, evaluate_classifier, train
 from honed.data import Batches, Split, create_dataset
 
 DECOMPOSED_ARMS = ("plain_lra", "force_lra", "plain_lra_matched_rank")
@@ -102,18 +102,6 @@ def build_cnn(cfg: ForceRegConfig, device: torch.device) -> nn.Sequential:
         conv2=nn.Conv2d(c1, c2, 3, padding=1), relu2=nn.ReLU(inplace=True), pool=nn.MaxPool2d(2),
         flatten=nn.Flatten(), fc1=nn.Linear(c2 * 16, cfg.hidden), relu3=nn.ReLU(inplace=True),
         fc2=nn.Linear(cfg.hidden, 10))).to(device)
-
-
-class CosineLR(Callback):
-    """Cosine learning-rate decay to 0 over all steps of one ``train`` call."""
-
-    def on_train_start(self, state) -> None:
-        self.base = [g["lr"] for g in state.optimizer.param_groups]
-
-    def on_step_start(self, state) -> None:
-        frac = state.step / max(state.total_steps, 1)
-        for group, base in zip(state.optimizer.param_groups, self.base):
-            group["lr"] = base * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def fit(model: nn.Module, data: Split, cfg: ForceRegConfig, epochs: int, lr: float, seed: int,

@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_count, check_number  # noqa: F401 (re-exported)
 from honed.data.base import check_images
 
 
@@ -62,26 +62,6 @@ class AttackStats:
     @property
     def ms_per_iteration(self) -> float:
         return 1e3 * self.elapsed_s / self.iterations if self.iterations else math.nan
-
-
-def check_number(value: float, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """Return ``value`` as a float or raise InputError when it is not a finite number >= (or >)
-    ``minimum``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    bad = number <= minimum if strict else number < minimum
-    if math.isnan(number) or math.isinf(number) or bad:
-        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    return number
-
-
-def check_count(value: int, name: str, minimum: int = 1) -> int:
-    """Return ``value`` or raise InputError when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_labels(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy.stats import beta, chi2, norm
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_number
 
 
 def check_alpha(alpha: float) -> float:
@@ -28,13 +28,7 @@ def check_alpha(alpha: float) -> float:
 
 def check_sigma(sigma: float) -> float:
     """Return ``sigma`` as a float or raise InputError unless it is finite and > 0."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise InputError(f"sigma must be a positive number, got {sigma!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"sigma must be a finite number > 0, got {sigma!r}")
-    return value
+    return check_number(sigma, "sigma", strict=True)
 
 
 def _check_counts(successes: int, trials: int) -> tuple[int, int]:
