@@ -17,7 +17,8 @@ def toy_registered():
     EXPERIMENTS._items.pop(ToyExperiment.id)
 
 
-def test_run_json_prints_the_result_and_list_shows_status(runs, toy_registered, capsys):
+def test_run_json_prints_the_result_and_list_shows_status(runs, toy_registered, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells to the terminal width
     assert main(["run", "99-toy", "--preset", "smoke", "--json", "--set", "offset=3"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["id"] == "99-toy" and data["arms"]["ours"]["acc"]["mean"] == 3.0

@@ -193,14 +193,14 @@ class TicketUniversalityExperiment(Experiment):
             lv = imp.levels[level]
             tag = f"s{round(100 * lv.sparsity)}"
             model.load_state_dict(lv.trained)
-            arms[f"{tag}_imp_ticket"] = {"test_acc": lv.metrics["accuracy"], "sparsity": lv.sparsity,
+            arms[f"{tag}/imp_ticket"] = {"test_acc": lv.metrics["accuracy"], "sparsity": lv.sparsity,
                                          **self._cost(cfg, model, lv.mask, example)}
             random_reinit(model, lv.mask, trainer, cfg.rewind_step, seed=10_000 + seed)
-            arms[f"{tag}_random_reinit"] = {"test_acc": self._accuracy(model, task, device),
+            arms[f"{tag}/random_reinit"] = {"test_acc": self._accuracy(model, task, device),
                                             "sparsity": lv.sparsity, **self._cost(cfg, model, lv.mask, example)}
             shuffled = shuffle_mask(lv.mask, torch.Generator().manual_seed(20_000 + seed))
             train_ticket(model, imp.rewind_state, shuffled, trainer, cfg.rewind_step)
-            arms[f"{tag}_random_prune"] = {"test_acc": self._accuracy(model, task, device),
+            arms[f"{tag}/random_prune"] = {"test_acc": self._accuracy(model, task, device),
                                            "sparsity": lv.sparsity, **self._cost(cfg, model, shuffled, example)}
         return arms
 
@@ -209,13 +209,13 @@ class TicketUniversalityExperiment(Experiment):
         for name, task in tasks.items():
             imp, last = imps[name], imps[name].levels[-1]
             model.load_state_dict(last.trained)
-            arms[f"{name}_own_ticket"] = {"test_acc": last.metrics["accuracy"], "sparsity": last.sparsity,
+            arms[f"{name}/own_ticket"] = {"test_acc": last.metrics["accuracy"], "sparsity": last.sparsity,
                                           **self._cost(cfg, model, last.mask, example)}
-            arms[f"{name}_dense"] = {"test_acc": imp.levels[0].metrics["accuracy"], "sparsity": 0.0}
+            arms[f"{name}/dense"] = {"test_acc": imp.levels[0].metrics["accuracy"], "sparsity": 0.0}
             shuffled = shuffle_mask(last.mask, torch.Generator().manual_seed(30_000 + seed))
             train_ticket(model, imp.rewind_state, shuffled, self._trainer(cfg, task, seed, example.device),
                          cfg.rewind_step)
-            arms[f"{name}_random_mask"] = {"test_acc": self._accuracy(model, task, example.device),
+            arms[f"{name}/random_mask"] = {"test_acc": self._accuracy(model, task, example.device),
                                            "sparsity": last.sparsity}
         return arms
 
@@ -254,8 +254,8 @@ class TicketUniversalityExperiment(Experiment):
         return {"pairs": [f"{a}->{b}" for a, b in pairs], "transfer_acc": accs, "transfer_gap": gaps}
 
     def claims(self, cfg: TicketUniversalityConfig, result) -> list[Claim]:
-        ticket, reinit, rprune = (_top_sparsity_arm(result, s) for s in ("_imp_ticket", "_random_reinit",
-                                                                          "_random_prune"))
+        ticket, reinit, rprune = (_top_sparsity_arm(result, s) for s in ("/imp_ticket", "/random_reinit",
+                                                                          "/random_prune"))
         acc = lambda arm: result.mean(arm, "test_acc") if arm else None  # noqa: E731
         diff = lambda a, b: None if a is None or b is None else a - b  # noqa: E731
         pairs = _pairs(result)
@@ -266,9 +266,9 @@ class TicketUniversalityExperiment(Experiment):
             Claim.check("lth_dense_minus_ticket", diff(acc("dense"), acc(ticket)), "<=", 0.01,
                         f"LTH (arXiv:1803.03635): the rewound ticket at the highest sparsity ({ticket}) is "
                         "within 1 point of dense accuracy"),
-            Claim.check("lth_ticket_minus_random_reinit", diff(acc(ticket), acc(reinit)), ">", 0.0,
+            Claim.check("lth_ticket_minus/random_reinit", diff(acc(ticket), acc(reinit)), ">", 0.0,
                         "LTH: the same mask re-initialised at random trains to lower accuracy"),
-            Claim.check("lth_ticket_minus_random_prune", diff(acc(ticket), acc(rprune)), ">", 0.0,
+            Claim.check("lth_ticket_minus/random_prune", diff(acc(ticket), acc(rprune)), ">", 0.0,
                         "LTH: a random mask of the same layer-wise density (from the rewound weights) is lower"),
             Claim.check("spearman_distance_vs_transfer_gap", rho, ">", 0.5,
                         f"card 26: Spearman(d, g) > 0.5 across ordered task pairs "
@@ -301,7 +301,7 @@ class TicketUniversalityExperiment(Experiment):
                    for t in cfg.tasks}
         out.append("leading DMD eigenvalue modulus per task (1 = marginal / near a fixed point): "
                    + ", ".join(f"{t} {v:.3f}" for t, v in leading.items() if v is not None))
-        ticket = _top_sparsity_arm(result, "_imp_ticket")
+        ticket = _top_sparsity_arm(result, "/imp_ticket")
         if ticket:
             t, d = result.arms[ticket], result.arms["dense"]
             out.append(f"masks are not speed: {ticket} keeps {t['params_nonzero']['mean']:.0f} of "
@@ -316,7 +316,7 @@ class TicketUniversalityExperiment(Experiment):
 
     def plot(self, result, fig) -> bool:
         ax_lth, ax_flow = fig.subplots(1, 2)
-        for suffix, style in (("_imp_ticket", "o-"), ("_random_reinit", "s--"), ("_random_prune", "^--")):
+        for suffix, style in (("/imp_ticket", "o-"), ("/random_reinit", "s--"), ("/random_prune", "^--")):
             arms = sorted((a for a in result.arms if a.startswith("s") and a.endswith(suffix)),
                           key=lambda a: result.mean(a, "sparsity"))
             ax_lth.plot([100 * result.mean(a, "sparsity") for a in arms],
