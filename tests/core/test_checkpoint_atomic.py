@@ -54,3 +54,17 @@ def test_foreign_or_mismatched_checkpoint_is_refused(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", torch.nn.Linear(2, 2))
     with pytest.raises(StoreError, match="does not fit"):
         load_checkpoint(tmp_path / "c.safetensors", torch.nn.Linear(3, 2))
+
+
+def test_tensor_files_round_trip_and_refuse_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from honed.core.checkpoint import load_tensors, save_tensors
+
+    tensors = {"mask.a": torch.tensor([True, False]), "norm.b": torch.arange(3.0)}
+    save_tensors(tmp_path / "t.safetensors", tensors, {"keep_ratio": 0.1})
+    back, meta = load_tensors(tmp_path / "t.safetensors")
+    assert meta == {"keep_ratio": 0.1} and all(torch.equal(back[k], v) for k, v in tensors.items())
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "f.safetensors"))
+    with pytest.raises(StoreError, match="not written by honed"):
+        load_tensors(tmp_path / "f.safetensors")

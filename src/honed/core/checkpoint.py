@@ -72,3 +72,25 @@ def optimizer_state(tensors: dict[str, torch.Tensor], opt_meta: dict) -> dict:
     for idx, scalars in opt_meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(scalars)
     return {"state": state, "param_groups": opt_meta["param_groups"]}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
+    """Write a flat ``{name: tensor}`` dict (plus JSON ``meta``) as safetensors, atomically."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"format": FORMAT, "meta": json.dumps(meta or {})}
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=header))
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read what :func:`save_tensors` wrote: (tensors on ``device``, meta). No pickle involved."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise StoreError(f"{path} is not a readable tensor file ({err}); delete it or rerun with --force") from None
+    if header.get("format") != FORMAT:
+        raise StoreError(f"{path} was not written by honed (format {header.get('format')!r}); refusing to load it")
+    return tensors, json.loads(header.get("meta", "{}"))

@@ -27,7 +27,7 @@ from honed.compress.ownership import (TriggerMixCallback, connectivity, embed_si
                                       make_trigger_set, prune_further, qr_encode, read_signature,
                                       search_signature, trigger_accuracy, window_agreement)
 from honed.compress.qr_code import QR_SIZE, data_cells
-from honed.core.atomic import atomic_write
+from honed.core.checkpoint import load_tensors, save_tensors
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
@@ -107,12 +107,12 @@ def _accuracy(model: nn.Module, split, device) -> float:
 
 
 def _stored(folder, name: str, compute) -> dict[str, torch.Tensor]:
-    """A dict of tensors kept in ``folder`` as ``name``.pt, computed once."""
-    path = folder / f"{name}.pt"
+    """A dict of tensors kept in ``folder`` as ``name``.safetensors, computed once."""
+    path = folder / f"{name}.safetensors"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        return load_tensors(path)[0]
     value = compute()
-    atomic_write(path, lambda tmp: torch.save(value, tmp))
+    save_tensors(path, value)
     return value
 
 
