@@ -6,16 +6,7 @@ from torch import nn
 from honed.robust.attacks import CW
 from honed.robust.attacks.cw import (Adam, BestAdversary, from_tanh_space, margin_loss, reaches_margin,
                                      to_tanh_space, update_search_bounds)
-
-
-def linear(weight, bias=None) -> nn.Linear:
-    weight = torch.tensor(weight, dtype=torch.float32)
-    model = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        model.weight.copy_(weight)
-        if bias is not None:
-            model.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    return model
+from tests.robust.toy_models import linear
 
 
 def test_tanh_reparameterisation_round_trips_within_1e5_and_stays_finite_at_the_box_edges():

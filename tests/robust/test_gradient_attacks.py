@@ -6,19 +6,10 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from honed.robust.attacks import DIFGSM, FGSM, IFGSM, MIFGSM, PGD, PGDL2
+from tests.robust.toy_models import linear
 
 # A 3-class linear model on 2-d inputs where momentum changes the third step's sign.
 W_TOY = [[0.0, -2.0], [2.0, -3.0], [-1.0, 1.0]]
-
-
-def linear(weight, bias=None) -> nn.Linear:
-    weight = torch.tensor(weight, dtype=torch.float32)
-    model = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        model.weight.copy_(weight)
-        if bias is not None:
-            model.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    return model
 
 
 def ce_grad(weight: np.ndarray, x: np.ndarray, label: int) -> np.ndarray:
