@@ -1,0 +1,209 @@
+"""Multistage streaming data filtering for fine-tuning (Ouyang et al., "Efficient NLP Model Finetuning
+via Multistage Data Filtering", IJCAI 2023, arXiv:2207.14386).
+
+:class:`StreamFilter` wraps a user's training step. Each incoming minibatch (inputs, targets, phi)
+passes through the current stage:
+
+* stage 0 - ordinary training; per-example losses feed a window of the last ``threshold_window``
+  losses whose mean is the threshold tau (frozen when stage 0 ends, never re-estimated);
+* stage 1 - score the batch without grad; a Bernoulli naive Bayes meta predictor (sklearn
+  ``BernoulliNB.partial_fit``) learns y = 1[loss > tau] from binary features phi; examples with
+  loss >= tau enter a staging buffer that emits full batches for backward; the rest skip backward.
+  Moves to stage 2 when the predictor's cross-entropy averaged over the last ``predictor_window``
+  batches is <= ``predictor_loss_threshold``;
+* stage 2 - per example, the predictor decides from phi alone: predicted 0 skips forward and
+  backward; predicted 1 is forwarded alone (eval mode by default, as the reference code), the
+  predictor is updated with its true target, and it is back-propagated (batch size 1) if loss > tau.
+
+Inputs: ``inputs`` a tensor (B, ...) or a dict of tensors with leading dim B, ``targets`` (B,),
+``phi`` a {0, 1} array (B, F). ``per_example_loss(model, inputs, targets) -> (B,)`` is the user's loss.
+The LR scheduler, if given, is stepped per optimizer step (so in stage 2 its horizon no longer matches
+the number of examples, as in the reference; documented, not corrected).
+"""
+import math
+import warnings
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from honed.core.errors import InputError
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def take(inputs: Inputs, index: torch.Tensor | list[int]) -> Inputs:
+    """Rows ``index`` of a tensor or of every tensor in a dict."""
+    if isinstance(inputs, dict):
+        return {k: v[index] for k, v in inputs.items()}
+    return inputs[index]
+
+
+def concat(parts: list[Inputs]) -> Inputs:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def batch_len(inputs: Inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+class StreamFilter:
+    """Three-stage filter (arXiv:2207.14386) around ``model`` / ``optimizer``; see the module doc.
+
+    Counters: ``seen`` examples, ``forward_examples`` (every example forward, counting the second
+    forward of staged stage-1 examples), ``forward_skipped`` (never forwarded), ``backward_examples``,
+    ``backward_skipped``, ``buffer_dropped`` (left in the buffer when stage 2 starts).
+    Invariant: seen == backward_examples + backward_skipped + buffer_dropped + len(buffer).
+    ``max_stage=1`` gives the threshold-only baseline (stages 0-1).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 per_example_loss: Callable[[torch.nn.Module, Inputs, torch.Tensor], torch.Tensor],
+                 batch_size: int, warmup_steps: int, predictor_loss_threshold: float,
+                 predictor_window: int = 8, threshold_window: int = 128, scheduler: Any = None,
+                 max_stage: int = 2, stage2_eval_mode: bool = True, stage2_update_predictor: bool = True,
+                 on_no_stage2: str = "warn"):
+        if batch_size < 1 or warmup_steps < 1 or predictor_window < 1 or threshold_window < 1:
+            raise InputError("batch_size, warmup_steps, predictor_window and threshold_window must be >= 1")
+        if not predictor_loss_threshold > 0 or max_stage not in (1, 2) or on_no_stage2 not in ("warn", "error"):
+            raise InputError("need predictor_loss_threshold > 0, max_stage in {1, 2}, on_no_stage2 in {warn, error}")
+        from sklearn.naive_bayes import BernoulliNB
+
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.per_example_loss = per_example_loss
+        self.batch_size, self.warmup_steps = batch_size, warmup_steps
+        self.predictor_loss_threshold, self.max_stage = predictor_loss_threshold, max_stage
+        self.stage2_eval_mode, self.stage2_update_predictor = stage2_eval_mode, stage2_update_predictor
+        self.on_no_stage2 = on_no_stage2
+        self.predictor = BernoulliNB()
+        self.loss_history: deque[float] = deque(maxlen=threshold_window)
+        self.predictor_losses: deque[float] = deque(maxlen=predictor_window)
+        self.buffer: list[tuple[Inputs, torch.Tensor]] = []
+        self.stage, self.steps, self.tau = 0, 0, math.nan
+        self.predictor_fitted = False
+        self.seen = self.forward_examples = self.forward_skipped = 0
+        self.backward_examples = self.backward_skipped = self.buffer_dropped = 0
+
+    def counters(self) -> dict[str, int | float]:
+        return {"seen": self.seen, "forward_examples": self.forward_examples,
+                "forward_skipped": self.forward_skipped, "backward_examples": self.backward_examples,
+                "backward_skipped": self.backward_skipped, "buffer_dropped": self.buffer_dropped,
+                "buffered": sum(batch_len(x) for x, _ in self.buffer), "stage": self.stage, "tau": self.tau}
+
+    # --- training primitives -------------------------------------------------------------------
+    def backward_step(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+        """Forward with grad, mean loss backward, optimizer (and scheduler) step; returns losses."""
+        losses = self.per_example_loss(self.model, inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        n = len(targets)
+        self.forward_examples += n
+        self.backward_examples += n
+        return losses.detach()
+
+    def fit_predictor(self, phi: np.ndarray, labels: np.ndarray) -> float:
+        """partial_fit on (phi, labels); returns the cross-entropy on that batch after the update."""
+        self.predictor.partial_fit(phi, labels, classes=np.array([0, 1]))
+        self.predictor_fitted = True
+        proba = self.predictor.predict_proba(phi)[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(np.clip(proba, 1e-12, None))))
+
+    # --- stages --------------------------------------------------------------------------------
+    def step(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
+        """Process one incoming minibatch according to the current stage."""
+        phi = np.asarray(phi)
+        if phi.ndim != 2 or len(phi) != len(targets) or batch_len(inputs) != len(targets):
+            raise InputError(f"phi must be (B, F) and inputs/targets share B; got phi {phi.shape}, "
+                             f"targets {tuple(targets.shape)}")
+        if not np.isin(phi, (0, 1)).all():
+            raise InputError("phi must hold binary {0, 1} features")
+        self.seen += len(targets)
+        if self.stage == 0:
+            self.stage0(inputs, targets)
+        elif self.stage == 1:
+            self.stage1(inputs, targets, phi)
+        else:
+            self.stage2(inputs, targets, phi)
+        self.steps += 1
+
+    def stage0(self, inputs: Inputs, targets: torch.Tensor) -> None:
+        losses = self.backward_step(inputs, targets)
+        self.loss_history.extend(losses.tolist())
+        self.tau = float(np.mean(self.loss_history))
+        if self.steps + 1 >= self.warmup_steps:
+            self.stage = 1  # tau frozen from here on
+
+    def stage1(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
+        with torch.no_grad():
+            losses = self.per_example_loss(self.model, inputs, targets)
+        self.forward_examples += len(targets)
+        labels = (losses > self.tau).long().numpy(force=True)
+        self.predictor_losses.append(self.fit_predictor(phi, labels))
+        keep = torch.nonzero(losses >= self.tau).flatten().cpu()
+        self.backward_skipped += len(targets) - len(keep)
+        if len(keep):
+            self.buffer.append((take(inputs, keep.to(targets.device)), targets[keep.to(targets.device)]))
+        while sum(len(t) for _, t in self.buffer) >= self.batch_size:
+            self.backward_step(*self.pop_batch())
+        window_full = len(self.predictor_losses) == self.predictor_losses.maxlen
+        if (self.max_stage == 2 and window_full
+                and float(np.mean(self.predictor_losses)) <= self.predictor_loss_threshold):
+            self.enter_stage2()
+
+    def pop_batch(self) -> tuple[Inputs, torch.Tensor]:
+        """Exactly ``batch_size`` examples from the front of the staging buffer."""
+        xs = concat([x for x, _ in self.buffer])
+        ys = torch.cat([y for _, y in self.buffer])
+        head = torch.arange(self.batch_size, device=ys.device)
+        rest = torch.arange(self.batch_size, len(ys), device=ys.device)
+        self.buffer = [(take(xs, rest), ys[rest])] if len(rest) else []
+        return take(xs, head), ys[head]
+
+    def enter_stage2(self) -> None:
+        self.buffer_dropped += sum(len(t) for _, t in self.buffer)
+        self.buffer = []
+        self.stage = 2
+
+    def stage2(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
+        for i in range(len(targets)):
+            if self.predictor.predict(phi[i:i + 1])[0] == 0:
+                self.forward_skipped += 1
+                self.backward_skipped += 1
+                continue
+            self.stage2_example(take(inputs, [i]), targets[i:i + 1], phi[i:i + 1])
+
+    def stage2_example(self, inputs: Inputs, target: torch.Tensor, phi: np.ndarray) -> None:
+        was_training = self.model.training
+        self.model.train(not self.stage2_eval_mode)
+        loss = self.per_example_loss(self.model, inputs, target)
+        self.forward_examples += 1
+        label = int(loss.item() > self.tau)
+        if self.stage2_update_predictor:
+            self.fit_predictor(phi, np.array([label]))
+        if label:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.backward_examples += 1
+        else:
+            self.backward_skipped += 1
+        self.model.train(was_training)
+
+    def end_epoch(self) -> None:
+        """Call after each epoch: the second epoch always runs stage 2 (if ``max_stage`` is 2).
+        Stage 2 never reached in the first epoch warns (or raises, ``on_no_stage2="error"``)."""
+        if self.max_stage == 2 and self.stage < 2:
+            message = "stream filter: stage 2 was not reached in this epoch; forcing it for the next"
+            if self.on_no_stage2 == "error":
+                raise RuntimeError(message)
+            warnings.warn(message, stacklevel=2)
+            if self.stage == 1 and self.predictor_fitted:
+                self.enter_stage2()
