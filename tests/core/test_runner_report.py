@@ -78,3 +78,10 @@ def test_method_arms_are_recognised_by_name_or_suffix(runs):
     result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
     assert result.is_method_arm("ours") and result.is_method_arm("large/ours")
     assert not result.is_method_arm("base") and not result.is_method_arm("yours")
+
+
+def test_environment_records_the_threads_the_seeds_ran_with(runs):
+    import dataclasses
+
+    result = run_experiment(ToyExperiment(), dataclasses.replace(ToyConfig.smoke(), threads=1), "smoke", runs, "cpu")
+    assert result.environment["threads"] == 1 and result.environment["torch"]

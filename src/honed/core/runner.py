@@ -143,7 +143,7 @@ def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list
     }
     result = Result(
         id=exp.id, title=exp.title, family=exp.family, preset=preset, seeds=list(cfg.seeds),
-        config=to_dict(cfg), environment=environment(str(device)),
+        config=to_dict(cfg), environment=environment(str(device), threads=cfg.threads or None),
         runtime_s=sum(o.runtime_s for o in outputs), method=list(exp.method),
         baselines=list(exp.baselines), arms=arms, extra=extra, curves=curves, claims=[],
         notes=[f"reconstructed (R): {r}" for r in exp.reconstructed],

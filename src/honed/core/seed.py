@@ -16,8 +16,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def environment(device: str) -> dict:
-    """What a reader needs to judge a measured number: versions, device, threads, machine."""
+def environment(device: str, threads: int | None = None) -> dict:
+    """What a reader needs to judge a measured number: versions, device, threads (the count the
+    seeds ran with, when the experiment set one), machine."""
     from honed import __version__
 
     return {
@@ -25,7 +26,7 @@ def environment(device: str) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "platform": platform.platform(terse=True),
