@@ -102,14 +102,14 @@ def _chunks(x: torch.Tensor, y: torch.Tensor, ghost_size: int | None):
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
                hooks: dict[str, list[Callable]], ghost_size: int | None = None) -> torch.Tensor:
-    """One optimizer step on batch (x, y); returns the batch's summed loss as a detached tensor
+    """One optimizer step on batch (x, y); returns the batch's mean loss as a detached tensor
     (kept as a tensor so the hot path does not synchronise on ``.item()`` every step)."""
     model, optimizer = state.model, state.optimizer
     for fn in hooks["on_step_start"]:
         fn(state)
     optimizer.zero_grad(set_to_none=True)
     chunks = _chunks(x, y, ghost_size)
-    total = torch.zeros((), device=x.device)
+    losses = []
     for i, (cx, cy) in enumerate(chunks):
         state.x, state.y = cx, cy
         for fn in hooks["on_batch_start"]:
@@ -120,7 +120,7 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Cal
             loss = loss_fn(model(state.x), state.y)
             (loss if len(chunks) == 1 else loss * (len(cx) / len(x))).backward()
         state.loss = loss
-        total = total + loss.detach() * len(cx)
+        losses.append(loss.detach())
         for fn in hooks["after_backward"]:
             fn(state)
     for fn in hooks["before_step"]:
@@ -129,7 +129,9 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Cal
     state.step += 1
     for fn in hooks["after_step"]:
         fn(state)
-    return total
+    if len(losses) == 1:
+        return losses[0]
+    return sum(l * len(c[0]) for l, c in zip(losses, chunks)) / len(x)
 
 
 class _NullContext:
@@ -171,15 +173,15 @@ def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimiz
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
             model.train()
-            loss_sum, count = torch.zeros((), device=device), 0
+            batch_losses: list[tuple[torch.Tensor, int]] = []
             for x, y in data:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss_sum += train_step(state, x, y, loss_fn, hooks, ghost_size)
-                count += len(x)
+                batch_losses.append((train_step(state, x, y, loss_fn, hooks, ghost_size), len(x)))
                 bar.advance(info=f"epoch {epoch + 1}/{epochs}")
                 if state.stop:
                     break
-            state.log("train_loss", float(loss_sum) / max(count, 1))
+            count = sum(n for _, n in batch_losses)
+            state.log("train_loss", sum(float(l) * n for l, n in batch_losses) / max(count, 1))
             if evaluate is not None:
                 model.eval()
                 with torch.no_grad():
