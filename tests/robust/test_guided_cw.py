@@ -8,20 +8,16 @@ from torch import nn
 from honed.robust.attacks import CW, GuidedCW
 from honed.robust.attacks.cw import TanhIterate, from_tanh_space
 from honed.robust.attacks.guided_cw import GradientConstrainedIterate, inverse_softplus, unit_linf
+from tests.robust.toy_models import linear as toy_linear
 
 WEIGHT = [[1.0, -1.0, 0.5, 0.0, 2.0, -0.5],
           [-1.0, 1.0, 0.0, 0.5, -2.0, 0.5],
           [0.3, 0.2, -1.0, -1.0, 0.0, 1.0]]
 
 
-def linear(weight=WEIGHT, bias=None) -> nn.Linear:
-    weight = torch.tensor(weight, dtype=torch.float32)
-    model = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        model.weight.copy_(weight)
-        if bias is not None:
-            model.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    return model
+def linear() -> nn.Linear:
+    """The 3-class toy model these tests attack."""
+    return toy_linear(WEIGHT)
 
 
 def toy_inputs():

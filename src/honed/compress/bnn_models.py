@@ -17,6 +17,7 @@ from torch import nn
 
 from honed.compress.binary import (BinaryConv2d, RPReLU, RSign, ScaledStdConv2d, WeightInit, residual_betas)
 from honed.core.errors import InputError
+from honed.core.measure import forward_with_hooks
 
 Norm = Literal["scaled", "bn", "none"]
 NORMS = ("scaled", "bn", "none")
@@ -148,26 +149,15 @@ def create_bnn(variant: str, **kwargs) -> BinaryReActNet:
     return BinaryReActNet(**{**VARIANTS[variant], **kwargs})
 
 
-@torch.no_grad()
 def count_binary_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates per sample done by BinaryConv2d layers with ``binary_weights`` on (XNOR-popcount
     operations on binary hardware; "BNN - BN = ?", arXiv:2104.08215). ``example`` (N, C, H, W); counted
     with forward hooks as output elements x in_channels x k x k / N."""
-    total, hooks = [0], []
+    total = [0]
 
-    def hook(module: BinaryConv2d, inputs, output) -> None:
+    def hook(name: str, module: BinaryConv2d, inputs, output) -> None:
         if module.binary_weights:
             total[0] += output[0].numel() * module.in_channels * module.kernel_size ** 2
 
-    for m in model.modules():
-        if isinstance(m, BinaryConv2d):
-            hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example, [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)], hook)
     return total[0]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError
+from honed.core.measure import forward_with_hooks
 
 PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                 nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
@@ -211,16 +212,8 @@ def layer_costs(model: nn.Module, groups: list[ChannelGroup], example: torch.Ten
     """Per-layer MACs per channel pair of every Conv2d/Linear, from one forward of ``example``
     (shape (1, C, H, W)): conv k_h*k_w*H_out*W_out, Linear 1 (times features per channel)."""
     out_sizes: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: out_sizes.__setitem__(n, out[0, 0].numel()))
-             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    forward_with_hooks(model, example, convs, lambda n, mod, inp, out: out_sizes.__setitem__(n, out[0, 0].numel()))
     writes = {p.conv: i for i, g in enumerate(groups) for p in g.producers}
     reads = {c.layer: (i, c.features_per_channel) for i, g in enumerate(groups) for c in g.consumers}
     costs = []

@@ -35,3 +35,19 @@ def median_latency(model: torch.nn.Module, example: torch.Tensor, repeats: int =
         times.append(time.perf_counter() - start)
     model.train(was_training)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def forward_with_hooks(model: torch.nn.Module, example: torch.Tensor, modules, hook) -> None:
+    """Run ``model`` once in eval mode on ``example[:1]`` with ``hook(name, module, inputs, output)``
+    attached as a forward hook to each ``(name, module)`` of ``modules``; hooks are removed and the
+    model's train/eval mode restored afterwards. Used to read per-layer output sizes."""
+    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: hook(n, mod, inp, out)) for n, m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
