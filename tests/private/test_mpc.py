@@ -1,12 +1,14 @@
 """CrypTen harness for SelectFormer (arXiv:2310.02373): shim, fixed-point agreement, missing extra."""
 import builtins
+import math
 
 import pytest
 import torch
 
 from honed.core.errors import InputError, MissingExtraError
 from honed.private import mpc
-from honed.private.proxy_selection import TinyTransformer, entropy_from_logits, image_tokens, make_proxy
+from honed.private.proxy_selection import (TinyTransformer, calibrate_norm_scales, entropy_from_logits, image_tokens,
+                                           layer_norm, make_proxy)
 
 
 @pytest.fixture()
@@ -77,3 +79,60 @@ def test_two_party_run_matches_plaintext_and_counts_bytes():
         assert torch.allclose(res[name]["output"], ref, atol=0.05)
         assert res[name]["bytes_per_example"] > 0 and res[name]["rounds_per_batch"] > 0
     assert res["proxy"]["bytes_per_example"] < res["target"]["bytes_per_example"]
+
+
+def _low_variance_target(var: float) -> tuple[TinyTransformer, torch.Tensor]:
+    """A target whose first LayerNorm sees inputs of variance ~var (embedding scaled down)."""
+    torch.manual_seed(0)
+    model, x = TinyTransformer(n_blocks=2), torch.rand(16, 64)
+    with torch.no_grad():
+        rec = {}
+        model.forward_with(dict(model.params), image_tokens(x), rec)
+        now = float(torch.cat(rec["b0_ln1"]).var(-1, unbiased=False).mean())
+        for name in ("embed_w", "embed_b", "pos"):
+            model.params[name].mul_((var / now) ** 0.5)
+    return model.eval(), x
+
+
+def test_calibrated_layernorm_is_accurate_under_crypten(crypten_single):
+    crypten = crypten_single
+    torch.manual_seed(0)
+    u = torch.randn(64, 32) * 0.005 ** 0.5  # variance ~0.005: below inv_sqrt's accurate range
+    g, b = torch.ones(32), torch.zeros(32)
+    ref = torch.nn.functional.layer_norm(u, (32,), eps=1e-5)  # independent oracle
+    enc = lambda s: layer_norm(crypten.cryptensor(u), g, b, scale=s).get_plain_text()  # noqa: E731
+    assert (enc(1.0) - ref).abs().max() > 0.2  # uncalibrated: inv_sqrt is off by ~50%
+    var = u.var(-1, unbiased=False) + 1e-5
+    scale = math.sqrt(0.15 * 100.0 / float(var.min() * var.max()))
+    assert (enc(scale) - ref).abs().max() < 0.02
+
+
+def test_calibration_keeps_plaintext_and_fixes_mpc_logits(crypten_single):
+    crypten = crypten_single
+    model, x = _low_variance_target(0.005)
+    with torch.no_grad():
+        before = model(x)
+    mpc_logits = lambda: model.forward_with(  # noqa: E731
+        {k: crypten.cryptensor(v) for k, v in model.mpc_parameters().items()},
+        crypten.cryptensor(image_tokens(x))).get_plain_text()
+    err_before = float((mpc_logits() - before).abs().max())
+    info = calibrate_norm_scales(model, x)
+    assert info["b0_ln1"]["var_min"] < 0.005 and info["b0_ln1"]["fits"]
+    lo, hi = info["b0_ln1"]["var_min"] * info["b0_ln1"]["scale"], info["b0_ln1"]["var_max"] * info["b0_ln1"]["scale"]
+    assert math.isclose(lo * hi, 0.15 * 100.0, rel_tol=1e-6)  # geometric centre of [0.15, 100]
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-5)
+    assert model.norm_scale("b0_ln1") > 50 and "norm_scales" in model.state_dict()
+    err_after = float((mpc_logits() - before).abs().max())
+    assert err_before > 0.1 and err_after < 0.05, (err_before, err_after)
+
+
+def test_entropy_only_floor_reveals_entropy_of_first_values(crypten_single):
+    crypten = crypten_single
+    tokens = torch.randn(3, 16, 4)
+    floor = mpc.EntropyOnly(10)
+    enc = floor.forward_with(floor.mpc_parameters(), crypten.cryptensor(tokens))
+    ref = entropy_from_logits(tokens.reshape(3, 64)[:, :10])
+    assert torch.allclose(entropy_from_logits(enc).get_plain_text(), ref, atol=0.02)
+    with pytest.raises(InputError):
+        mpc.EntropyOnly(1)

@@ -1,5 +1,6 @@
 """SelectFormer (arXiv:2310.02373) components: entropy, phase sizes, top-k stand-in, emulators, sieve."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_image_tokens_are_2x2_patches():
 
 def test_softmax_emulator_fits_gaussian_inputs():
     torch.manual_seed(0)
-    target = TinyTransformer(n_blocks=1)
+    target = TinyTransformer(n_blocks=2)
     proxy = make_proxy(target, 1, 8)
     mses = fit_emulators(proxy, target, torch.rand(60, 64), steps=600, seed=0)
     assert mses["b0_softmax"] < 2e-3
@@ -74,7 +75,7 @@ def test_selection_deterministic_under_seed_and_sizes():
 
 
 def test_proxy_is_smaller_and_grows_with_width():
-    target = TinyTransformer()
+    target = TinyTransformer(n_blocks=3)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(make_proxy(target, 1, 2)) < count(make_proxy(target, 1, 8)) < count(make_proxy(target, 2, 8))
 
@@ -97,5 +98,38 @@ def test_empty_and_single_class_pools_error():
 def test_bad_proxy_config_errors():
     with pytest.raises(ConfigError):
         make_proxy(TinyTransformer(n_blocks=2), 3, 2)
+    with pytest.raises(ConfigError, match="strictly fewer"):  # card step 3: L_i < L
+        make_proxy(TinyTransformer(n_blocks=2), 2, 2)
     with pytest.raises(ConfigError):
         TinyTransformer(emulator_width=0)
+
+
+def test_experiment_config_rejects_proxies_as_deep_as_target():
+    from honed.experiments.e01_mpc_data_selection import MPCSelectionConfig
+    MPCSelectionConfig().validate()
+    with pytest.raises(ConfigError, match="target_blocks"):
+        MPCSelectionConfig(target_blocks=2).validate()  # P2 has 2 blocks: not strictly fewer
+    with pytest.raises(ConfigError, match="phase_labels"):
+        MPCSelectionConfig(phase_labels=10_000).validate()
+
+
+def test_phase_labels_refit_p2_only_and_select_inside_s1():
+    from honed.experiments.e01_mpc_data_selection import MPCDataSelectionExperiment, MPCSelectionConfig
+    torch.manual_seed(0)
+    target = TinyTransformer(n_blocks=3).eval()
+    proxies = [make_proxy(target, 1, 2).eval(), make_proxy(target, 2, 4).eval()]
+    gen = torch.Generator().manual_seed(1)
+    boot = (torch.rand(20, 64, generator=gen), torch.arange(20) % 10)
+    pool = (torch.rand(60, 64, generator=gen), torch.arange(60) % 10)
+    exp = MPCDataSelectionExperiment()
+    base = MPCSelectionConfig(pool_size=60, budget=10, selectivity=0.5, proxy_epochs=2)
+    picks, sizes, p2 = exp._select(base, 0, target, proxies, boot, pool)
+    scorers = [_scorer(proxies[0]), _scorer(proxies[1])]
+    assert p2 is proxies[1] and sizes == [30, 10]
+    assert torch.equal(picks["selectformer"], multiphase_select(pool[0], scorers, sizes)[0])
+    before = {k: v.clone() for k, v in proxies[1].params.items()}
+    picks, _, p2 = exp._select(replace(base, phase_labels=15), 0, target, proxies, boot, pool)
+    assert p2 is not proxies[1] and any(not torch.equal(p2.params[k], v) for k, v in before.items())
+    assert all(torch.equal(proxies[1].params[k], v) for k, v in before.items())
+    s1 = multiphase_select(pool[0], scorers[:1], sizes[:1])[0]
+    assert len(picks["selectformer"]) == 10 and set(picks["selectformer"].tolist()) <= set(s1.tolist())

@@ -149,3 +149,20 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
     results = run(_party, world_size=parties, args=(_free_port(), models, tokens.detach().cpu(), reveal),
                   timeout_s=timeout_s, start_method=start_method)
     return results[0]
+
+
+class EntropyOnly:
+    """The cost floor of any MPC scorer in SelectFormer (arXiv:2310.02373): no model, the logits
+    (B, classes) are the first ``classes`` input values of tokens (B, 16, 4), so
+    :func:`measure_mpc_costs` times input sharing + the secret-shared entropy + reveal only."""
+
+    def __init__(self, classes: int = 10) -> None:
+        if classes < 2:
+            raise InputError(f"classes must be >= 2, got {classes}")
+        self.classes = classes
+
+    def mpc_parameters(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def forward_with(self, params: dict, tokens: Any) -> Any:
+        return tokens.reshape(tokens.shape[0], -1)[:, :self.classes]

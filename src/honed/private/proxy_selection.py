@@ -6,6 +6,8 @@ selection with MPC-friendly proxy models and multiphase entropy sieving.
   MLPs ``W2 ReLU(W1 u + b1) + b2`` of hidden width ``emulator_width``). Input images (B, 64) in
   [0, 1] become 16 tokens of 2x2 patches (B, 16, 4); output logits (B, C). ``forward_with`` runs on
   torch tensors or CrypTensors alike, so the same code is evaluated in plaintext and under MPC.
+* :func:`calibrate_norm_scales` - public per-LayerNorm scales that keep the target's inv_sqrt arguments
+  inside CrypTen's accurate range (plaintext outputs unchanged, no extra MPC cost).
 * :func:`fit_emulators` - card step 5: record the exact chains' inputs, fit a per-dimension Gaussian
   (R), sample ``synthetic_factor`` x more inputs (R), label them with the exact op, regress with MSE.
 * :func:`phase_sizes`, :func:`secure_topk_standin`, :func:`multiphase_select` - card step 6.
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from honed.core.errors import ConfigError, InputError
 
 N_TOKENS, PATCH = 16, 4
+LN_EPS = 1e-5
 
 
 def image_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -43,10 +46,18 @@ def _inv_sqrt(t: Any) -> Any:
     return t.inv_sqrt() if hasattr(t, "inv_sqrt") else torch.rsqrt(t)
 
 
-def layer_norm(x: Any, gain: Any, bias: Any, eps: float = 1e-5) -> Any:
-    """LayerNorm over the last dim of a tensor or CrypTensor (no affine if gain is None)."""
+def layer_norm(x: Any, gain: Any, bias: Any, eps: float = LN_EPS, scale: float = 1.0) -> Any:
+    """LayerNorm over the last dim of a tensor or CrypTensor (SelectFormer, arXiv:2310.02373 target).
+
+    x (..., h); gain, bias (h,). ``scale`` s > 0 is a public constant: LN is scale invariant, so
+    LN(x) = c * inv_sqrt(mean(c^2) + s eps) with c = sqrt(s) (x - mean x). The value is the same for any
+    s; only the argument of inv_sqrt moves to s (var + eps), into CrypTen's accurate range (see
+    :func:`calibrate_norm_scales`). Multiplying by a public float costs no communication.
+    """
     centred = x - x.mean(-1, keepdim=True)
-    out = centred * _inv_sqrt((centred * centred).mean(-1, keepdim=True) + eps)
+    if scale != 1.0:
+        centred = centred * math.sqrt(scale)
+    out = centred * _inv_sqrt((centred * centred).mean(-1, keepdim=True) + eps * scale)
     return out * gain + bias
 
 
@@ -89,6 +100,8 @@ class TinyTransformer(nn.Module):
         self.n_blocks, self.width, self.heads, self.ffn, self.classes = n_blocks, width, heads, ffn, classes
         self.emulator_width, self.fuse_ffn = emulator_width, bool(fuse_ffn and emulator_width is not None)
         self.params = nn.ParameterDict(self._init_params())
+        # public per-LayerNorm scales (see calibrate_norm_scales); saved in state_dict, never trained
+        self.register_buffer("norm_scales", torch.ones(len(self.norm_names())))
 
     def _init_params(self) -> dict[str, nn.Parameter]:
         h, f = self.width, self.ffn
@@ -135,8 +148,14 @@ class TinyTransformer(nn.Module):
     def mpc_parameters(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.params.items()}
 
+    def norm_scale(self, name: str) -> float:
+        """The public inv_sqrt range scale of LayerNorm ``name`` (1.0 until calibrated)."""
+        return float(self.norm_scales[self.norm_names().index(name)])
+
     def _norm(self, p: dict, name: str, x: Any) -> Any:
-        return _mlp(p, name + "_", x) if self.emulated else layer_norm(x, p[name + "_g"], p[name + "_b"])
+        if self.emulated:
+            return _mlp(p, name + "_", x)
+        return layer_norm(x, p[name + "_g"], p[name + "_b"], scale=self.norm_scale(name))
 
     def _attention(self, p: dict, i: int, a: Any, record: dict | None) -> Any:
         b, n, h = a.shape
@@ -192,12 +211,46 @@ def exact_chain(target: TinyTransformer, name: str, u: torch.Tensor) -> torch.Te
     return layer_norm(u, p[name + "_g"], p[name + "_b"])
 
 
+INV_SQRT_RANGE = (0.15, 100.0)
+
+
+def calibrate_norm_scales(model: TinyTransformer, x: torch.Tensor, low: float = INV_SQRT_RANGE[0],
+                          high: float = INV_SQRT_RANGE[1]) -> dict[str, dict[str, float]]:
+    """Set each exact LayerNorm's public scale s (SelectFormer, arXiv:2310.02373: the target under MPC).
+
+    x: (B, 64) digits in [0, 1], the model owner's own data (D_boot); plaintext only. CrypTen 0.4.1's
+    inv_sqrt (Newton from a fixed initial guess) was measured accurate only on about [0.15, 100]:
+    y sqrt(v) = 0.48 at v = 0.0056, 0.87 at 0.03, 0.995 at 0.1, 1.000 on 0.18..100, 0.87 at 178,
+    garbage from ~560. For every LayerNorm this records v = var + eps of its inputs on x and picks s so
+    that [min v, max v] * s is centred geometrically in [low, high]: s = sqrt(low high / (min v max v)).
+    Plaintext outputs are unchanged (LN is scale invariant). Emulated (proxy) LayerNorms are skipped.
+    Returns {name: {var_min, var_max, scale, fits}} (fits: the scaled range lies inside [low, high]).
+    """
+    if not 0 < low < high:
+        raise InputError(f"need 0 < low < high, got low {low}, high {high}")
+    if model.emulated:
+        return {}
+    record: dict[str, list] = {}
+    with torch.no_grad():
+        model.forward_with(dict(model.params), image_tokens(x), record)
+    info = {}
+    for k, name in enumerate(model.norm_names()):
+        v = torch.cat(record[name]).var(-1, unbiased=False) + LN_EPS
+        lo, hi = float(v.min()), float(v.max())
+        scale = math.sqrt(low * high / (lo * hi))
+        model.norm_scales[k] = scale
+        fits = bool(lo * scale >= low and hi * scale <= high)
+        info[name] = {"var_min": lo, "var_max": hi, "scale": scale, "fits": fits}
+    return info
+
+
 def make_proxy(target: TinyTransformer, n_blocks: int, emulator_width: int,
                fuse_ffn: bool = True) -> TinyTransformer:
     """SelectFormer step 3 (arXiv:2310.02373): bottom ``n_blocks`` blocks + head of ``target`` with
     emulator MLPs (random init; fit them with :func:`fit_emulators`)."""
-    if not 1 <= n_blocks <= target.n_blocks:
-        raise ConfigError(f"proxy n_blocks must be in [1, {target.n_blocks}], got {n_blocks}")
+    if not 1 <= n_blocks < target.n_blocks:
+        raise ConfigError(f"proxy n_blocks must be in [1, {target.n_blocks - 1}] (strictly fewer than the "
+                          f"target's {target.n_blocks} blocks, card step 3), got {n_blocks}")
     proxy = TinyTransformer(n_blocks, target.width, target.heads, target.ffn, target.classes,
                             emulator_width, fuse_ffn)
     with torch.no_grad():
