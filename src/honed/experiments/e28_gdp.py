@@ -7,6 +7,8 @@ physically removed and the other gates folded (:meth:`honed.compress.gdp.GDP.exp
 model gets a short finetune. Baselines start from the same dense model, keep the channels with the
 largest filter L1 norm (or random ones) with one uniform keep fraction chosen so their MACs do not
 exceed GDP's, and get the same finetune (``l1_norm_equal_epochs`` gets GDP's gated epochs too).
+Network Slimming (``slimming``) trains GDP's gated epochs with an L1 penalty on BN gammas, removes the
+channels under one global |gamma| threshold fitted to GDP's MACs, and gets the same finetune.
 
 Columns, all measured in the same run: test accuracy, parameters, MACs (torch FlopCounterMode, one
 image), median CPU latency at batch 1 and 64 (models interleaved, repeated) and the speedup over the
@@ -26,6 +28,7 @@ from torch import nn
 from honed.compress.channel_surgery import (channel_importance, find_channel_groups, layer_costs,
                                             remove_channels, uniform_keep_for_macs)
 from honed.compress.gdp import GDP, GDPSchedule
+from honed.compress.slimming import BNScaleL1, bn_importance, global_keep_for_macs
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
@@ -34,7 +37,7 @@ from honed.core.measure import count_macs, count_params
 from honed.data import Batches, Split, create_dataset
 from honed.models import create_model
 
-PRUNED_ARMS = ("gdp", "l1_norm", "l1_norm_equal_epochs", "random")
+PRUNED_ARMS = ("gdp", "slimming", "l1_norm", "l1_norm_equal_epochs", "random")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class GDPConfig(ExperimentConfig):
     lambda_lr: float = 0.05
     lambda_every: int = 1
     threshold: float = 1e-4
+    slimming_lambda: float = 1e-4  # Network Slimming's L1 weight on BN gammas (card: 1e-4)
     zero_crossing_clamp: bool = True
     enforce_target: bool = True
     latency_repeats: int = 20
@@ -157,6 +161,23 @@ def train_gdp(dense: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, 
     return gdp, history["acc"]
 
 
+def train_slimming(dense: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, seed: int,
+                   macs_budget: float, example: torch.Tensor) -> tuple[nn.Module, list[float]]:
+    """Network Slimming baseline (arXiv:1708.06519): from the dense weights, GDP's number of gated epochs
+    with the L1 subgradient on BN gammas (same SGD settings as GDP's weights), then the global |gamma|
+    threshold that fits ``macs_budget`` and physical removal; returns (model, val accuracy per epoch)."""
+    model = copy.deepcopy(dense)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.gdp_weight_lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.gdp_epochs,
+                    callbacks=[BNScaleL1(cfg.slimming_lambda)], progress=False,
+                    evaluate=lambda m: {"acc": accuracy(m, val)})
+    groups = find_channel_groups(model)
+    costs = layer_costs(model, groups, example)
+    scores = {g.name: bn_importance(model, g) for g in groups}
+    return remove_channels(model, groups, global_keep_for_macs(scores, groups, costs, macs_budget)), history["acc"]
+
+
 def prune_by_importance(dense: nn.Module, kind: str, macs_budget: float, example: torch.Tensor,
                         seed: int) -> nn.Module:
     """Copy of ``dense`` with the channels of highest importance kept at one uniform fraction, the
@@ -204,11 +225,12 @@ def run_pruning(cfg: GDPConfig, seed: int, dense: nn.Module, train_split: Split,
     acc_gated, acc_exported = accuracy(gdp.model, test), accuracy(exported, test)
     models = {"dense": dense, "gdp": exported}
     budget = count_macs(exported, test.x[:1])
+    models["slimming"], slim_curve = train_slimming(dense, train_split, val, cfg, seed, budget, test.x[:1])
     models["l1_norm"] = prune_by_importance(dense, "l1", budget, test.x[:1], seed)
     models["l1_norm_equal_epochs"] = copy.deepcopy(models["l1_norm"])
     models["random"] = prune_by_importance(dense, "random", budget, test.x[:1], seed)
     before = {name: accuracy(m, test) for name, m in models.items()}
-    curves = {"gdp_gated_training": gdp_curve}
+    curves = {"gdp_gated_training": gdp_curve, "slimming_sparsity_training": slim_curve}
     for name in PRUNED_ARMS:
         epochs = cfg.finetune_epochs + (cfg.gdp_epochs if name == "l1_norm_equal_epochs" else 0)
         curves[name] = finetune(models[name], train_split, val, cfg, epochs, seed, cfg.finetune_lr)
@@ -236,7 +258,7 @@ class GDPExperiment(Experiment):
                "same finetune, on accuracy, parameters, MACs and measured CPU latency at batch 1 and 64.")
     Config = GDPConfig
     method = ("gdp",)
-    baselines = ("dense", "l1_norm", "l1_norm_equal_epochs", "random")
+    baselines = ("dense", "slimming", "l1_norm", "l1_norm_equal_epochs", "random")
     reconstructed = (
         "gate init g = 1",
         "eps annealed geometrically eps_start -> eps_end over anneal_fraction of the gated steps, then fixed",
@@ -256,6 +278,7 @@ class GDPExperiment(Experiment):
         "measured CPU latency at batch 64 >= 1.6x faster than dense",
         "export changes nothing: |acc(gated) - acc(exported)| < 0.1 point",
         "GDP accuracy >= L1-norm pruning at equal MACs and equal finetune",
+        "GDP accuracy >= Network Slimming at equal MACs and equal total epochs",
     )
 
     def run_seed(self, cfg: GDPConfig, seed: int, ctx) -> SeedOutput:
@@ -289,6 +312,8 @@ class GDPExperiment(Experiment):
                         metric="test_acc_exported"),
             Claim.check("gdp_minus_l1_accuracy", m("gdp", "test_acc") - m("l1_norm", "test_acc"), ">=", 0.0,
                         "GDP >= L1-norm filter pruning at equal FLOPs", metric="test_acc"),
+            Claim.check("gdp_minus_slimming_accuracy", m("gdp", "test_acc") - m("slimming", "test_acc"), ">=", 0.0,
+                        "GDP >= Network Slimming at equal FLOPs", metric="test_acc"),
         ]
 
     def notes(self, cfg: GDPConfig, result) -> list[str]:
@@ -302,7 +327,9 @@ class GDPExperiment(Experiment):
             f"{m('gdp', 'test_acc_exported'):.4f} (max |logit diff| {m('gdp', 'export_max_abs_logit_diff'):.2e}), "
             f"finetuned {m('gdp', 'test_acc'):.4f}; at equal MACs L1-norm {m('l1_norm', 'test_acc'):.4f} "
             f"(before finetune {m('l1_norm', 'test_acc_before_finetune'):.4f}), L1-norm with GDP's epochs too "
-            f"{m('l1_norm_equal_epochs', 'test_acc'):.4f}, random {m('random', 'test_acc'):.4f}.",
+            f"{m('l1_norm_equal_epochs', 'test_acc'):.4f}, random {m('random', 'test_acc'):.4f}, Network Slimming "
+            f"(L1 {cfg.slimming_lambda:g} on BN gammas for GDP's {cfg.gdp_epochs} epochs, global threshold) "
+            f"{m('slimming', 'test_acc'):.4f} (before finetune {m('slimming', 'test_acc_before_finetune'):.4f}).",
             f"gates: {m('gdp', 'gate_zero_fraction'):.3f} exactly zero; smallest surviving gate / largest gate of "
             f"its group >= {m('gdp', 'gate_min_gap'):.3f} (polarisation gap).",
         ]
