@@ -53,3 +53,9 @@ def test_bad_input_is_one_line_and_exit_2(runs, toy_registered, capsys, argv, wo
 def test_entry_point_usage_error_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "honed.cli", "run"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "required: id" in proc.stderr
+
+
+def test_show_lists_the_components_to_import(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["show", "28-gdp"]) == 0
+    assert "component: honed.compress.gdp:GDP" in capsys.readouterr().out

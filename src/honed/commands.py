@@ -65,6 +65,8 @@ def cmd_show(args) -> int:
         table.add_row(field, *[fmt(configs[p][field]) for p in PRESETS])
     console.print(table)
     console.print(f"method arms: {', '.join(exp.method)}; baselines: {', '.join(exp.baselines)}")
+    for path in exp.components:
+        console.print(f"component: {path}")
     for text in getattr(exp, "claims_tested", ()):
         console.print(f"claim: {text}")
     for text in exp.reconstructed:

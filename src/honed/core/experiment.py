@@ -120,6 +120,8 @@ class Experiment:
 
     ``reconstructed`` lists the steps of the method card marked (R): they are printed with the
     result so a reader knows which parts are our reconstruction rather than the paper's text.
+    ``components`` names the method's drop-in pieces ("honed.compress.slimming:BNScaleL1") so a user
+    finds what to import without reading the experiment.
     """
 
     id: ClassVar[str]
@@ -132,6 +134,8 @@ class Experiment:
     baselines: ClassVar[tuple[str, ...]]
     reconstructed: ClassVar[tuple[str, ...]] = ()
     claims_tested: ClassVar[tuple[str, ...]] = ()  # the card's claims in words, shown by `honed show`
+    # the drop-in pieces a user imports for their own code, as "module:Name" (shown by `honed show`)
+    components: ClassVar[tuple[str, ...]] = ()
 
     def run_seed(self, cfg: Any, seed: int, ctx: "Any") -> SeedOutput:
         raise NotImplementedError

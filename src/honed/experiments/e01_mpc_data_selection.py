@@ -148,6 +148,9 @@ class MPCDataSelectionExperiment(Experiment):
     Config = MPCSelectionConfig
     method = ("selectformer",)
     baselines = ("oracle", "random", "proxy_1phase")
+    components = ("honed.private.proxy_selection:make_proxy", "honed.private.proxy_selection:fit_emulators",
+                  "honed.private.proxy_selection:multiphase_select",
+                  "honed.private.proxy_selection:calibrate_norm_scales", "honed.private.mpc:measure_mpc_costs")
     reconstructed = ("fusion boundary: row softmax, LayerNorm1, final LayerNorm, fused LayerNorm2+FFN (fuse_ffn)",
                      "per-dimension Gaussian fit of chain inputs (gaussian_fit=per_dim)",
                      "synthetic inputs = synthetic_factor (20) x recorded inputs",

@@ -196,6 +196,7 @@ class StreamFilterExperiment(Experiment):
     Config = StreamFilterConfig
     method = ("three_stage", "threshold_only")
     baselines = ("full", "random_skip")
+    components = ("honed.efficient.stream_filter:StreamFilter",)
     reconstructed = ("predictor-loss threshold c = 0.35 (a CLI argument in the reference; no default given)",
                      "random_skip keeps each example with probability budget/total (expected budget match)",
                      "learning rates 5e-5 encoder / 1e-3 head (the reference uses one AdamW rate for DistilBERT; "

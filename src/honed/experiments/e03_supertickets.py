@@ -208,6 +208,7 @@ class SuperTicketsExperiment(Experiment):
     method = ("supertickets",)
     baselines = ("supertickets_persistent_mask", "prune_only", "search_then_prune_no_retrain",
                  "search_prune_retrain_2x", "search_then_prune")
+    components = ("honed.compress.supernet:SuperNet", "honed.compress.supertickets:train_supertickets")
     reconstructed = (
         "IR timing: the mask gates training until the next pruning event, which resets it (pruned weights return "
         "with their frozen pre-pruning values) and re-ranks all weights; the card's literal 'reset right after "

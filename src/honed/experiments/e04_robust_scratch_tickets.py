@@ -214,6 +214,8 @@ class RobustScratchTicketsExperiment(Experiment):
     Config = RSTConfig
     method = ("rst", "r2s")
     baselines = ("natural", "dense_at_matched", "dense_at_same")
+    components = ("honed.robust.scratch_tickets:extract_ticket",
+                  "honed.robust.scratch_tickets:RandomTicketSwitch", "honed.robust.scratch_tickets:EOTPGD")
     reconstructed = (
         "weight init 'signed_constant' (sign(W0) * sqrt(2/fan_in)); 'kaiming_normal' is the option",
         "MLP 256-256 instead of a wide CNN (card's fallback MLP, narrowed from 512 for the CPU budget)",

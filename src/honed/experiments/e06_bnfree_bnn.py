@@ -252,6 +252,7 @@ class BNNFreeExperiment(Experiment):
     Config = BNNFreeConfig
     method = ("bnfree_bnn",)
     baselines = ("bn_bnn", "none_bnn", "fp32")
+    components = ("honed.compress.bnn_models:create_bnn", "honed.compress.binary:AdaptiveGradClip")
     reconstructed = (
         "small scale: mini ReActNet-A (stem 16 stride 2, blocks 16/32s2/32/64s2/64) on 16x16 digits, few epochs, "
         "Adam lr 2e-3 at batch 64 instead of 5e-4 at batch 256",

@@ -167,6 +167,7 @@ class SmoothingRegularizerExperiment(Experiment):
     Config = SmoothingRegularizerConfig
     method = ("regularized", "regularized_identity")
     baselines = ("gaussian",)
+    components = ("honed.robust.certify:Smooth", "honed.robust.certify:SmoothingRegularizer")
     reconstructed = (
         "phi = log(p + 1e-10) of the runner-up smoothed probability (identity arm as the alternative)",
         "k = 8 copies, lam = 0.1 and the deferred start come from a third-party re-implementation (ADRE)",

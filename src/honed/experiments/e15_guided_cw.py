@@ -125,6 +125,7 @@ class GuidedCWExperiment(Experiment):
     Config = GuidedCWConfig
     method = GUIDED
     baselines = ("cw",)
+    components = ("honed.robust.attacks:GuidedCW",)
     reconstructed = (
         "guidance parameterisation unknown: Variant A (delta = -softplus(v) * g0/||g0||_inf, g0 = grad f at the "
         "clean input per search step, softplus(v0) = 1e-3, no refresh) and Variant B (normalised -grad f step of "

@@ -149,6 +149,7 @@ class SmoothOutExperiment(Experiment):
     Config = SmoothOutConfig
     method = tuple(f"{r}/{a}" for r in REGIMES for a in METHOD_ARMS)
     baselines = tuple(f"{r}/{a}" for r in REGIMES for a in ARMS if a not in METHOD_ARMS)
+    components = ("honed.efficient.smoothout:SmoothOut", "honed.efficient.sharpness:epsilon_sharpness")
     reconstructed = (
         "noise amplitudes (the paper's per-network values were not recovered): picked by an offline "
         "validation sweep inside the card's ranges",

@@ -178,6 +178,7 @@ class MATExperiment(Experiment):
     Config = MATConfig
     method = ("mat_mixed", "mat_mixed_per_batch", "mat_parallel")
     baselines = ("standard", "at_fgsm", "at_pgd")
+    components = ("honed.robust.training:MixedMAT", "honed.robust.training:ParallelMAT")
     reconstructed = (
         "strength set E = {0.05, 0.1, 0.2, 0.3} on [0, 1] pixels (the card's suggestion; paper's set not retrieved)",
         "loss weights w_0 = 1/2, w_k = 1/(2K); every strength in every batch (not per-example assignment)",

@@ -290,6 +290,7 @@ class TernGradExperiment(Experiment):
               + _default_arms(("sim_n", (2, 4, 8)), ("terngrad", "terngrad_noclip", "terngrad_global")))
     baselines = (_default_arms(("ddp_w", (2, 4)), ("fp32", "fp16", "powersgd"))
                  + _default_arms(("sim_n", (2, 4, 8)), ("float",)))
+    components = ("honed.distributed.terngrad_hook:terngrad_hook", "honed.distributed.terngrad_hook:TernGradState")
     reconstructed = (
         "scaler fallback to max|g| when c*std(g) is 0 (a constant tensor); the paper has no rule",
         "DDP hook: collectives run synchronously inside the hook (no overlap); all-gather of packed codes "

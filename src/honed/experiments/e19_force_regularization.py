@@ -242,6 +242,8 @@ class ForceRegularizationExperiment(Experiment):
     Config = ForceRegConfig
     method = ("force_lra",)
     baselines = ("dense", "plain_lra", "plain_lra_matched_rank")
+    components = ("honed.compress.force_regularization:ForceRegularization",
+                  "honed.compress.lowrank:decompose_model")
     reconstructed = (
         "honed's: the CNN is the card's with channels (64, 128) instead of (32, 64) so conv2 holds most of the "
         "CPU time (at (32, 64) non-conv work caps a measured speedup near 1.5x on this CPU)",

@@ -133,6 +133,7 @@ class LotteryVerificationExperiment(Experiment):
     Config = LotteryVerificationConfig
     method = ("signed_ticket", "finetuned", "trigger_ticket")
     baselines = ("unsigned_ticket", "independent_ticket", "random_mask", "forged")
+    components = ("honed.compress.ownership:embed_signature", "honed.compress.ownership:extract_signature")
     reconstructed = (
         "QR codec built in (no qrcode/OpenCV): version 3-H byte mode, mask pattern by the ISO penalty score",
         "host search scores agreement on the 567 data modules (the only edited cells) rather than all 841",

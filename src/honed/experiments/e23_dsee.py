@@ -176,6 +176,8 @@ class DSEEExperiment(Experiment):
     Config = DSEEConfig
     method = ("dsee", "dsee_pruned", "dsee_heads")
     baselines = ("probe", "full", "lora")
+    components = ("honed.compress.dsee:apply_dsee", "honed.compress.dsee:prune_unstructured",
+                  "honed.compress.dsee:prune_lowest_heads")
     reconstructed = ("GreBsmo rank growth capped at 16 (card gives no cap)",
                      "pruned Q/V forward uses the merged (W + dW) * mask so the deployed weight stays sparse",
                      "small preset: 100 steps (batch 16) per arm and 30 re-tune steps, lr 1e-3 for adapters, "

@@ -142,6 +142,8 @@ class AugMaxExperiment(Experiment):
     Config = AugMaxConfig
     method = ("augmax_dubin",)
     baselines = ("plain", "augmix", "augmax_bn")
+    components = ("honed.robust.training.augmax:augmax_attack", "honed.robust.training.augmax:convert_to_dubin",
+                  "honed.robust.corruptions:corruption_set")
     reconstructed = (
         "ops in torch on [0,1] tensors with zero fill, not PIL; equalize = CDF equalisation on 256 levels",
         "DuBIN on the first norm of blocks in all stages but the last of a 3-stage resnet_s (paper: stages 1-3 of 4)",

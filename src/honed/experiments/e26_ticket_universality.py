@@ -131,6 +131,8 @@ class TicketUniversalityExperiment(Experiment):
     Config = TicketUniversalityConfig
     method = ("imp_ticket", "own_ticket")
     baselines = ("dense", "random_reinit", "random_prune", "random_mask")
+    components = ("honed.compress.universality:flow_states", "honed.compress.universality:flow_spectrum",
+                  "honed.compress.universality:spectral_distance")
     reconstructed = (
         "flow state: trained weights with zeros at pruned positions (card 2a, default) or per-layer |w| "
         "quantiles + density (2b)",

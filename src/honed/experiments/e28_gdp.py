@@ -259,6 +259,7 @@ class GDPExperiment(Experiment):
     Config = GDPConfig
     method = ("gdp",)
     baselines = ("dense", "slimming", "l1_norm", "l1_norm_equal_epochs", "random")
+    components = ("honed.compress.gdp:GDP", "honed.compress.gdp:GDPSchedule")
     reconstructed = (
         "gate init g = 1",
         "eps annealed geometrically eps_start -> eps_end over anneal_fraction of the gated steps, then fixed",

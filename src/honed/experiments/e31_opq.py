@@ -279,6 +279,8 @@ class OPQExperiment(Experiment):
     Config = OPQConfig
     method = tuple(arm_key(a, s, 3.0) for a in ("opq",) for s in (0.8, 0.9, 0.95))
     baselines = ("dense", *(arm_key(a, s, 3.0) for a in ARMS[1:] for s in (0.8, 0.9, 0.95)))
+    components = ("honed.compress.opq:attach_quantizers", "honed.compress.opq:export_compressed",
+                  "honed.compress.packed_format:write_packed")
     reconstructed = (
         "pruning allocation (card step 3): prune_err='relative', min sum_i D_i/(2 b_i^2) with Laplace "
         "scales => p_i = 1 - exp(-sqrt(2 lambda N_i)), lambda by bisection; masks at the empirical per-layer "

@@ -169,6 +169,8 @@ class QueryPriorExperiment(Experiment):
     method = ("fgsm_wace", "ifgsm_wace", "mifgsm_wace", "fgsm_wace_n3", "ifgsm_wace_n3", "mifgsm_wace_n3",
               "ifgsm_wace_q3", "ifgsm_wace_q5", "mifgsm_wace_q3", "mifgsm_wace_q5", "search_prior", "wace")
     baselines = ("fgsm_ce", "ifgsm_ce", "mifgsm_ce", "pgd_transfer", "search", "oracle_ifgsm", "ce")
+    components = ("honed.robust.attacks.query_prior:QueryPriorAttack",
+                  "honed.robust.attacks.query_prior:wace_loss")
     reconstructed = (
         "WACE loss body (source not published): CE(z,y) - sum_m w_m CE(z,j_m), w = victim softmax over the top-n "
         "wrong classes, n = 1 (inferred from the follow-up's topn1 mode)",
