@@ -98,7 +98,8 @@ def cmd_run(args) -> int:
     root = out_root(args)
     result = run_experiment(exp(), cfg, args.preset, root, device, force=args.force,
                             progress=not args.json,
-                            on_seed=lambda s: console.print(f"[dim]{exp.id}: seed {s}[/dim]"))
+                            on_seed=lambda s: console.print(f"[dim]{exp.id}: seed {s}[/dim]"),
+                            log=lambda line: console.print(f"[dim]{exp.id}: {line}[/dim]"))
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
@@ -117,7 +118,8 @@ def cmd_reproduce(args) -> int:
         console.rule(f"[{n}/{len(ids)}] {exp_id}")
         try:
             result = run_experiment(exp(), resolve_config(exp, args), args.preset, root, device,
-                                    force=args.force)
+                                    force=args.force, on_seed=lambda s: console.print(f"[dim]seed {s}[/dim]"),
+                                    log=lambda line: console.print(f"[dim]{line}[/dim]"))
             print_result(result, console)
         except Exception as err:  # one broken experiment must not hide the others' results
             failed.append(exp_id)

@@ -53,6 +53,17 @@ def test_resume_inside_a_seed_uses_the_cached_parts(runs):
     assert result.arms["ours"]["acc"]["mean"] == 42.0
 
 
+def test_log_reports_each_computed_part_once_and_not_loaded_ones(runs):
+    lines = []
+    run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("seed 0: ours done in ")
+    lines.clear()
+    (runs / "99-toy" / "default" / "result.json").unlink()
+    (runs / "99-toy" / "default" / "seed_0" / "seed_result.json").unlink()
+    run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert lines == []  # the part was loaded from its file, not computed
+
+
 def test_corrupt_seed_result_is_reported_not_overwritten(runs):
     folder = runs / "99-toy" / "default" / "seed_0"
     folder.mkdir(parents=True)

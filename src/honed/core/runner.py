@@ -31,6 +31,7 @@ class RunContext:
     device: torch.device
     seed: int
     progress: bool = True
+    log: Callable[[str], None] | None = None  # one status line per computed part (the CLI prints it)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """Return the JSON value stored under ``key`` in this seed's folder, computing and storing
@@ -38,8 +39,11 @@ class RunContext:
         path = self.dir / f"part_{key}.json"
         if path.exists():
             return read_json(path)
+        start = time.perf_counter()
         value = compute()
         atomic_write_json(path, value)
+        if self.log is not None:
+            self.log(f"seed {self.seed}: {key} done in {time.perf_counter() - start:.1f} s")
         return value
 
     def checkpoint(self, key: str) -> Path:
@@ -75,8 +79,10 @@ def check_run_dir(path: Path, exp_id: str, cfg: ExperimentConfig) -> None:
 
 def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Path,
                    device: torch.device, force: bool = False, progress: bool = True,
-                   on_seed: Callable[[int], None] | None = None) -> Result:
-    """Run (or resume, or load) ``exp`` under ``cfg`` over ``cfg.seeds`` and return its Result."""
+                   on_seed: Callable[[int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> Result:
+    """Run (or resume, or load) ``exp`` under ``cfg`` over ``cfg.seeds`` and return its Result.
+    ``on_seed(seed)`` is called as each seed starts, ``log(line)`` as each cached part finishes."""
     path = run_dir(out, exp.id, cfg)
     if force and path.exists():
         shutil.rmtree(path)
@@ -91,7 +97,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Pat
     for seed in cfg.seeds:
         if on_seed:
             on_seed(seed)
-        outputs.append(run_one_seed(exp, cfg, seed, path / f"seed_{seed}", device, progress))
+        outputs.append(run_one_seed(exp, cfg, seed, path / f"seed_{seed}", device, progress, log))
     result = aggregate(exp, cfg, preset, outputs, device)
     atomic_write_json(done, result.to_json())
     from honed.core.plots import save_experiment_plot
@@ -101,7 +107,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Pat
 
 
 def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Path,
-                 device: torch.device, progress: bool) -> SeedOutput:
+                 device: torch.device, progress: bool, log: Callable[[str], None] | None = None) -> SeedOutput:
     seed_dir.mkdir(parents=True, exist_ok=True)
     file = seed_dir / "seed_result.json"
     if file.exists():
@@ -112,7 +118,7 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
     seed_everything(seed)
     start = time.perf_counter()
     with torch_threads(cfg.threads):
-        output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress))
+        output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress, log))
     output.runtime_s = time.perf_counter() - start + output.runtime_s
     atomic_write_json(file, output.to_json())
     return output

@@ -189,34 +189,60 @@ class DSEEExperiment(Experiment):
                      "p=0.3 pruned within 2 pts of unpruned DSEE", "3/12 heads pruned: <= 3 pts loss")
 
     def run_seed(self, cfg: DSEEConfig, seed: int, ctx: Any) -> SeedOutput:
-        from honed.compress.dsee import prune_lowest_heads, prune_unstructured, sparse_linear_macs
         from honed.models.text_encoder import load_minilm
 
-        device = ctx.device
         torch.manual_seed(seed)
-        tokenizer, pretrained = load_minilm(device, tiny_encoder_config=cfg.tiny_encoder)
-        arms, dense_macs = {}, None
+        tokenizer, pretrained = load_minilm(ctx.device, tiny_encoder_config=cfg.tiny_encoder)
         train_rows, test_rows, classes = load_rows(cfg, seed)
-        train, test = tensors(tokenizer, train_rows, cfg, device), tensors(tokenizer, test_rows, cfg, device)
-        for arm in ("probe", "full", "lora", "dsee"):
-            start = time.perf_counter()
-            model = build_model(cfg, arm, seed, pretrained, classes)
-            if dense_macs is None:
-                dense_macs = sparse_linear_macs(model, int(test["attention_mask"][:16].sum()))
-            train_steps(model, train, cfg.steps, cfg.lr_full if arm == "full" else cfg.lr_adapter, seed, cfg.batch_size)
-            arms[arm] = {**measure(model, test, dense_macs), "train_s": time.perf_counter() - start}
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        prune_unstructured(model.encoder, cfg.prune_ratio, cfg.prune_ratio, cfg.prune_score)
-        train_steps(model, train, cfg.retune_steps, cfg.lr_adapter, seed + 1, cfg.batch_size)
-        arms["dsee_pruned"] = {**measure(model, test, dense_macs), "train_s": 0.0}
-        model = build_model(cfg, "dsee", seed, pretrained, classes)
-        model.load_state_dict(state)
-        prune_lowest_heads(model.encoder, cfg.heads_pruned_per_layer, cfg.prune_score)
-        train_steps(model, train, cfg.retune_steps, cfg.lr_adapter, seed + 1, cfg.batch_size)
-        arms["dsee_heads"] = {**measure(model, test, dense_macs), "train_s": 0.0}
+        train, test = tensors(tokenizer, train_rows, cfg, ctx.device), tensors(tokenizer, test_rows, cfg, ctx.device)
+        setup = {"cfg": cfg, "seed": seed, "pretrained": pretrained, "classes": classes, "train": train,
+                 "test": test, "dense_macs": self.dense_macs(cfg, seed, pretrained, classes, test)}
+        arms = {arm: ctx.cached(arm, lambda arm=arm: self.tuned_arm(setup, arm, ctx.dir))
+                for arm in ("probe", "full", "lora", "dsee")}
+        for arm in ("dsee_pruned", "dsee_heads"):
+            arms[arm] = ctx.cached(arm, lambda arm=arm: self.pruned_arm(setup, arm, ctx.dir))
         encoder = "tiny random BERT (smoke only)" if cfg.tiny_encoder else "all-MiniLM-L6-v2"
         return SeedOutput(arms={a: {k: float(v) for k, v in m.items()} for a, m in arms.items()},
                           extra={"encoder": encoder, "corpus": cfg.corpus, "classes": classes})
+
+    @staticmethod
+    def dense_macs(cfg: DSEEConfig, seed: int, pretrained: torch.nn.Module, classes: int,
+                   test: dict[str, torch.Tensor]) -> int:
+        from honed.compress.dsee import sparse_linear_macs
+
+        model = build_model(cfg, "full", seed, pretrained, classes)
+        return sparse_linear_macs(model, int(test["attention_mask"][:16].sum()))
+
+    @staticmethod
+    def tuned_arm(setup: dict[str, Any], arm: str, seed_dir: Any) -> dict[str, float]:
+        """Train one arm from the pretrained encoder; the DSEE model is stored for the pruned arms."""
+        from honed.core.checkpoint import save_tensors
+
+        cfg, seed = setup["cfg"], setup["seed"]
+        start = time.perf_counter()
+        model = build_model(cfg, arm, seed, setup["pretrained"], setup["classes"])
+        train_steps(model, setup["train"], cfg.steps, cfg.lr_full if arm == "full" else cfg.lr_adapter, seed,
+                    cfg.batch_size)
+        if arm == "dsee":
+            save_tensors(seed_dir / "dsee_model.safetensors", model.state_dict())
+        return {**measure(model, setup["test"], setup["dense_macs"]), "train_s": time.perf_counter() - start}
+
+    @staticmethod
+    def pruned_arm(setup: dict[str, Any], arm: str, seed_dir: Any) -> dict[str, float]:
+        """Prune the trained DSEE model (unstructured p or heads, "ABS" scores) and re-tune the adapters."""
+        from honed.compress.dsee import prune_lowest_heads, prune_unstructured
+        from honed.core.checkpoint import load_tensors
+
+        cfg, seed = setup["cfg"], setup["seed"]
+        start = time.perf_counter()
+        model = build_model(cfg, "dsee", seed, setup["pretrained"], setup["classes"])
+        model.load_state_dict(load_tensors(seed_dir / "dsee_model.safetensors", setup["test"]["y"].device)[0])
+        if arm == "dsee_pruned":
+            prune_unstructured(model.encoder, cfg.prune_ratio, cfg.prune_ratio, cfg.prune_score)
+        else:
+            prune_lowest_heads(model.encoder, cfg.heads_pruned_per_layer, cfg.prune_score)
+        train_steps(model, setup["train"], cfg.retune_steps, cfg.lr_adapter, seed + 1, cfg.batch_size)
+        return {**measure(model, setup["test"], setup["dense_macs"]), "train_s": time.perf_counter() - start}
 
     def claims(self, cfg: DSEEConfig, result: Any) -> list[Claim]:
         m = result.mean
