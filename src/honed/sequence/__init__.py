@@ -1,0 +1,1 @@
+"""Sparse coding, sequence and motion components."""
