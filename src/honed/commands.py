@@ -10,7 +10,7 @@ from rich.table import Table
 
 from honed.core.config import PRESETS, load_yaml, override, parse_assignments, preset, to_dict
 from honed.core.experiment import Experiment, Result, load_experiments
-from honed.core.report import arms_table, claims_table, find_results, fmt, write_report
+from honed.core.report import claims_table, find_results, fmt, readable_arms_table, write_report
 from honed.core.runner import run_dir, run_experiment
 from honed.core.seed import resolve_device
 
@@ -75,8 +75,10 @@ def cmd_show(args) -> int:
 
 
 def print_result(result: Result, console: Console) -> None:
-    header, rows = arms_table(result)
-    table = Table(*header, title=f"{result.id} ({result.preset}, seeds {result.seeds})")
+    header, rows = readable_arms_table(result)
+    table = Table(title=f"{result.id} ({result.preset}, seeds {result.seeds})")
+    for i, name in enumerate(header):
+        table.add_column(name, no_wrap=i == 0)  # arm / metric names stay whole
     for row in rows:
         table.add_row(*row)
     console.print(table)

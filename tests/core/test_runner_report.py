@@ -96,3 +96,21 @@ def test_environment_records_the_threads_the_seeds_ran_with(runs):
 
     result = run_experiment(ToyExperiment(), dataclasses.replace(ToyConfig.smoke(), threads=1), "smoke", runs, "cpu")
     assert result.environment["threads"] == 1 and result.environment["torch"]
+
+
+def test_wide_arms_tables_are_turned_so_each_metric_is_a_row():
+    from honed.core.experiment import Result
+    from honed.core.report import readable_arms_table
+
+    def result(metrics: int) -> Result:
+        stat = {"mean": 1.0, "std": 0.0, "values": [1.0]}
+        arms = {arm: {f"m{i}": stat for i in range(metrics)} for arm in ("ours", "base")}
+        return Result(id="99-toy", title="t", family="f", preset="small", seeds=[0], config={}, environment={},
+                      runtime_s=0.0, method=["ours"], baselines=["base"], arms=arms, extra={}, curves={},
+                      claims=[], notes=[])
+
+    header, rows = readable_arms_table(result(3))
+    assert header == ["arm", "role", "m0", "m1", "m2"] and len(rows) == 2
+    header, rows = readable_arms_table(result(12))
+    assert header == ["metric", "ours (ours)", "base (baseline)"]
+    assert [r[0] for r in rows] == [f"m{i}" for i in range(12)] and rows[5] == ["m5", "1", "1"]

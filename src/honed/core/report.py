@@ -54,6 +54,23 @@ def arms_table(result: Result) -> tuple[list[str], list[list[str]]]:
     return ["arm", "role"] + metrics, rows
 
 
+def metrics_by_arm(result: Result) -> tuple[list[str], list[list[str]]]:
+    """The arms table turned on its side (one row per metric, one column per arm, roles in the
+    header): readable when an experiment records many metrics per arm."""
+    header, rows = arms_table(result)
+    columns = ["metric"] + [f"{r[0]} ({r[1]})" for r in rows]
+    return columns, [[metric] + [r[i] for r in rows] for i, metric in enumerate(header[2:], start=2)]
+
+
+def readable_arms_table(result: Result, max_columns: int = 10) -> tuple[list[str], list[list[str]]]:
+    """``arms_table`` or, when it would have more than ``max_columns`` columns and fewer arms than
+    metrics, :func:`metrics_by_arm`."""
+    header, rows = arms_table(result)
+    if len(header) > max_columns and len(rows) < len(header) - 2:
+        return metrics_by_arm(result)
+    return header, rows
+
+
 def claims_table(result: Result) -> tuple[list[str], list[list[str]]]:
     rows = [[c.name, c.paper, f"{c.comparison} {fmt(c.threshold)}", fmt(c.measured),
              "PASS" if c.passed else "FAIL"] for c in result.claims]
@@ -86,7 +103,7 @@ def render_markdown(results: dict[str, tuple[Result, Path]], root: Path) -> str:
                   f"Preset `{result.preset}`, seeds {result.seeds}, runtime {result.runtime_s:.1f} s, "
                   f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads). "
                   f"Result: `{(folder / 'result.json').relative_to(root)}`.", "",
-                  md_table(*arms_table(result)), "", md_table(*claims_table(result)), ""]
+                  md_table(*readable_arms_table(result)), "", md_table(*claims_table(result)), ""]
         parts += [f"- {n}" for n in result.notes] + ([""] if result.notes else [])
         if (folder / "plot.png").exists():
             parts += [f"![{result.id}]({(folder / 'plot.png').relative_to(root)})", ""]
@@ -113,7 +130,7 @@ def render_html(results: dict[str, tuple[Result, Path]]) -> str:
     for result, folder in results.values():
         parts += [f"<h2>{html.escape(result.id)}: {html.escape(result.title)}</h2>",
                   f"<p>Preset {html.escape(result.preset)}, seeds {result.seeds}, runtime "
-                  f"{result.runtime_s:.1f} s.</p>", html_table(*arms_table(result)),
+                  f"{result.runtime_s:.1f} s.</p>", html_table(*readable_arms_table(result)),
                   html_table(*claims_table(result))]
         parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>"] if result.notes else []
         png = folder / "plot.png"

@@ -1,0 +1,1 @@
+"""Vision components: detection post-processing and friends."""
