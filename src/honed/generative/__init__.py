@@ -1,0 +1,1 @@
+"""Generative-model training components."""
