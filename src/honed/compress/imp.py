@@ -33,6 +33,8 @@ from honed.core.loop import Callback, TrainState, train
 
 
 class TrainFn(Protocol):
+    """What IMP calls to train: ``fn(model, start_step, callbacks)`` trains ``model`` from ``start_step``
+    with ``callbacks`` (IMP passes the mask callback and the rewind capture)."""
     def __call__(self, model: nn.Module, start_step: int, callbacks: list[Callback]) -> None: ...
 
 

@@ -43,6 +43,7 @@ def pca_energy(weight: torch.Tensor) -> torch.Tensor:
 
 
 def check_energy(energy: float, name: str = "energy") -> float:
+    """Return ``energy`` or raise InputError unless 0 < energy <= 1."""
     if not isinstance(energy, (int, float)) or not 0 < float(energy) <= 1:
         raise InputError(f"{name} must be a ratio in (0, 1], got {energy!r}")
     return float(energy)

@@ -129,10 +129,12 @@ class MaskCallback(Callback):
 
 
 def count_kept(mask: Mask) -> int:
+    """Number of weights a mask keeps (True entries) over all its tensors."""
     return int(sum(int(v.sum()) for v in mask.values()))
 
 
 def count_total(mask: Mask) -> int:
+    """Number of weights a mask covers over all its tensors."""
     return int(sum(v.numel() for v in mask.values()))
 
 

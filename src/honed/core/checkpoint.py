@@ -20,6 +20,7 @@ FORMAT = "honed-checkpoint-v1"
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None) -> Path:
+    """Save model and optimizer state (plus JSON ``meta``) as one safetensors file, atomically."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_meta: dict[str, Any] = {}
     if optimizer is not None:
@@ -64,6 +65,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module,
 
 
 def optimizer_state(tensors: dict[str, torch.Tensor], opt_meta: dict) -> dict:
+    """Rebuild an optimizer state dict from the ``optim.*`` tensors and the JSON meta save_checkpoint wrote."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -48,12 +48,14 @@ class ExperimentConfig:
 
 
 def preset(config_cls: type[ExperimentConfig], name: str) -> ExperimentConfig:
+    """The ``smoke`` / ``small`` / ``full`` config of an experiment's Config class (ConfigError otherwise)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     return getattr(config_cls, name)()
 
 
 def field_types(config_cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass's fields, by field name."""
     hints = typing.get_type_hints(config_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
 
@@ -134,6 +136,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config overrides from ``path`` (ConfigError if it is not a mapping)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -148,10 +151,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """A config as a dict of field name -> value."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def from_dict(config_cls: type[ExperimentConfig], data: Mapping[str, Any]) -> ExperimentConfig:
+    """A config of ``config_cls`` from a mapping, every key and value checked (via ``override``)."""
     return override(config_cls(), data)
 
 

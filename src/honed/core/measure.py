@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (trainable only if ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

@@ -52,6 +52,7 @@ class RunContext:
 
 
 def read_json(path: Path) -> Any:
+    """Parse a JSON file; StoreError naming the file if it is corrupt."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -59,6 +60,7 @@ def read_json(path: Path) -> Any:
 
 
 def run_dir(out: Path, exp_id: str, cfg: ExperimentConfig) -> Path:
+    """``out/ID/<config hash>``: the folder that owns the run of this config."""
     return Path(out) / exp_id / config_hash(cfg)
 
 
@@ -108,6 +110,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Pat
 
 def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Path,
                  device: torch.device, progress: bool, log: Callable[[str], None] | None = None) -> SeedOutput:
+    """Load the seed's stored result, or run it (inside the config's thread count) and store it atomically."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     file = seed_dir / "seed_result.json"
     if file.exists():
@@ -135,6 +138,7 @@ def summarise(values: list[float]) -> dict[str, Any]:
 
 def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list[SeedOutput],
               device: torch.device) -> Result:
+    """Combine the seeds' outputs into a Result: per-metric mean/std, curves, claims, notes, environment."""
     arms: dict[str, dict[str, Any]] = {}
     for arm in outputs[0].arms:
         arms[arm] = {m: summarise([o.arms[arm][m] for o in outputs]) for m in outputs[0].arms[arm]}
@@ -160,5 +164,6 @@ def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list
 
 
 def mean_curve(curves: list[list[float]]) -> list[float]:
+    """Element-wise mean over seeds of equally long curves (the shortest length if they differ)."""
     n = min(len(c) for c in curves)
     return [statistics.fmean(c[i] for c in curves) for i in range(n)]

@@ -41,12 +41,14 @@ def take(inputs: Inputs, index: torch.Tensor | list[int]) -> Inputs:
 
 
 def concat(parts: list[Inputs]) -> Inputs:
+    """Concatenate tensors, or dicts of tensors key by key, along the batch dimension."""
     if isinstance(parts[0], dict):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return torch.cat(parts)
 
 
 def batch_len(inputs: Inputs) -> int:
+    """Batch size of a tensor or of a dict of tensors."""
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
 

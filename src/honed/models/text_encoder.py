@@ -27,6 +27,7 @@ def minilm_dir() -> Path:
 
 
 def import_transformers() -> Any:
+    """Import transformers offline (HF_HUB_OFFLINE set) or raise MissingExtraError naming the ``text`` extra."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     return require_extra("transformers", "text")
