@@ -11,7 +11,7 @@ from honed.core.errors import InputError
 from honed.distill.gnn_kd import (GCRDLoss, GSPLoss, LSPLoss, contrastive_alignment_loss, edge_similarity,
                                   induced_subgraph, kd_loss, lsp_loss, pairwise_similarity, segment_softmax)
 from honed.distill.graph_models import NodeClassifier, graph_input
-from honed.distill.sbm_graph import drop_edges, make_sbm_graph
+from honed.distill.sbm_graph import drop_edges, hop_attribute_counts, make_multihop_graph, make_sbm_graph
 
 
 def test_segment_softmax_matches_hand_values():
@@ -172,6 +172,50 @@ def test_sbm_graph_is_seeded_symmetric_and_split():
     assert (g.train_idx.numel(), g.val_idx.numel()) == (12, 12)
     kept = drop_edges(g.edge_index, 0.4, seed=0)
     assert kept.shape[1] == 2 * round(0.6 * g.edge_index.shape[1] / 2)
+
+
+def test_multihop_graph_is_seeded_symmetric_and_split():
+    kwargs = dict(classes=4, nodes_per_class=30, feature_dim=5, mean_degree=3.0, seed=3)
+    g, g2 = make_multihop_graph(**kwargs), make_multihop_graph(**kwargs)
+    assert all(torch.equal(getattr(g, k), getattr(g2, k)) for k in ("x", "y", "edge_index", "hidden", "test_idx"))
+    assert not torch.equal(g.edge_index, make_multihop_graph(**{**kwargs, "seed": 4}).edge_index)
+    assert g.x.shape == (120, 5) and g.y.shape == g.hidden.shape == (120,) and g.edge_index.shape[0] == 2
+    assert g.y.dtype == torch.int64 and 0 <= g.y.min() and g.y.max() < 4
+    pairs = set(map(tuple, g.edge_index.T.tolist()))
+    assert all((j, i) in pairs for i, j in pairs) and all(i != j for i, j in pairs)
+    assert sorted(torch.cat([g.train_idx, g.val_idx, g.test_idx]).tolist()) == list(range(120))
+    assert torch.bincount(g.hidden).tolist() == [30] * 4
+    assert abs(g.edge_index.shape[1] / 120 - 3.0) < 1.0  # mean degree near the requested 3
+
+
+def test_hop_attribute_counts_oracle_on_a_path():
+    edge_index = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])  # path 0-1-2-3
+    attribute = torch.tensor([0, 1, 0, 1])
+    one = hop_attribute_counts(edge_index, attribute, 2, (1,))
+    assert one.tolist() == [[0, 1], [2, 0], [0, 2], [1, 0]]
+    three = hop_attribute_counts(edge_index, attribute, 2, (3,))  # node 0: walks 0-1-0-1, 0-1-2-1, 0-1-2-3
+    assert three[0].tolist() == [0, 3]
+
+
+def test_multihop_labels_need_two_to_three_hops():
+    """A classifier reading the true 1-hop attribute counts (or the node's own attribute) is much worse
+    than the one reading 2-3 hop counts: the label really depends on multi-hop structure."""
+    for seed in (0, 1):
+        g = make_multihop_graph(classes=4, nodes_per_class=60, feature_dim=4, mean_degree=3.0, seed=seed)
+        acc = lambda hops: (hop_attribute_counts(g.edge_index, g.hidden, 4, hops).argmax(1)  # noqa: E731
+                            == g.y).float().mean().item()
+        assert acc((2, 3)) >= 0.85  # only ties (broken by seeded jitter) disagree
+        assert acc((1,)) <= acc((2, 3)) - 0.15
+        assert (g.hidden == g.y).float().mean().item() <= 0.5
+
+
+def test_multihop_bad_inputs_raise():
+    with pytest.raises(InputError, match="mean_degree"):
+        make_multihop_graph(classes=2, nodes_per_class=5, mean_degree=0.0)
+    with pytest.raises(InputError, match="label_hops"):
+        make_multihop_graph(classes=2, nodes_per_class=5, label_hops=())
+    with pytest.raises(InputError, match="split"):
+        make_multihop_graph(classes=2, nodes_per_class=5, split=(0.5, 0.5, 0.0))
 
 
 def test_student_embedding_and_normalised_adjacency():
