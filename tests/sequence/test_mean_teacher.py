@@ -10,8 +10,8 @@ from torch import nn
 from honed.core.errors import InputError
 from honed.core.loop import train
 from honed.sequence.har_cnn import HARConvNet, TimeMaxPool
-from honed.sequence.mean_teacher import (MeanTeacher, RandomBatches, balanced_labeled_indices, ema_update,
-                                         masked_cross_entropy, semi_supervised_targets, sigmoid_rampdown,
+from honed.sequence.mean_teacher import (MeanTeacher, RandomBatches, TwoStreamBatches, balanced_labeled_indices,
+                                         ema_update, masked_cross_entropy, semi_supervised_targets, sigmoid_rampdown,
                                          sigmoid_rampup, softmax_mse_consistency)
 
 
@@ -100,6 +100,49 @@ def test_random_batches_cover_the_pool_once_per_pass():
     batches = list(RandomBatches(x, torch.arange(10), torch.arange(10), 5, 2, seed=3))
     seen = torch.cat([b[0].flatten() for b in batches]).sort().values
     assert torch.equal(seen, torch.arange(10.0))
+
+
+def _two_stream(labeled_per_batch=3, batch_size=8, steps=12, seed=5):
+    x = torch.arange(40.0).view(40, 1)  # x value = window index
+    labeled = torch.tensor([2, 9, 17, 30, 33])
+    unlabeled = torch.tensor([i for i in range(40) if i not in labeled.tolist()])
+    return TwoStreamBatches(x, labeled, labeled % 7, unlabeled, batch_size, labeled_per_batch, steps, seed), labeled
+
+
+def test_two_stream_batches_hold_exactly_the_labeled_count_and_cycle_the_labeled_set():
+    sampler, labeled = _two_stream()
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 12
+    drawn = []
+    for xb, yb in batches:
+        idx = xb.flatten().long()
+        assert xb.shape == (8, 1) and yb.shape == (8,)
+        assert (yb != -1).sum() == 3 and torch.all(yb[3:] == -1)
+        assert torch.equal(yb[:3], idx[:3] % 7)  # labeled targets travel with their windows
+        assert all(i in labeled.tolist() for i in idx[:3].tolist())
+        assert not any(i in labeled.tolist() for i in idx[3:].tolist())  # unlabeled from the rest
+        drawn += idx[:3].tolist()
+    for start in range(0, 35, 5):  # 36 labeled draws: every full pass of 5 visits each labeled window once
+        assert sorted(drawn[start:start + 5]) == labeled.tolist()
+    unl = torch.cat([xb[3:].flatten() for xb, _ in batches])[:35]  # first pass over the 35 unlabeled
+    assert len(unl.unique()) == 35
+
+
+def test_two_stream_batches_are_deterministic_under_a_seed_and_validate():
+    a = [torch.cat([xb.flatten(), yb.float()]) for xb, yb in _two_stream(seed=1)[0]]
+    b = [torch.cat([xb.flatten(), yb.float()]) for xb, yb in _two_stream(seed=1)[0]]
+    c = [torch.cat([xb.flatten(), yb.float()]) for xb, yb in _two_stream(seed=2)[0]]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+    full, _ = _two_stream(labeled_per_batch=8)
+    assert all(torch.all(yb != -1) for _, yb in full)
+    with pytest.raises(InputError, match="exceeds"):
+        _two_stream(labeled_per_batch=9)
+    with pytest.raises(InputError):
+        _two_stream(labeled_per_batch=0)
+    with pytest.raises(InputError, match="unlabeled"):
+        TwoStreamBatches(torch.zeros(4, 1), torch.tensor([0]), torch.tensor([1]), torch.tensor([], dtype=torch.long),
+                         4, 2, 3)
 
 
 def test_callback_route_equals_step_route():

@@ -14,6 +14,9 @@ Recognition", arXiv:2101.04859; Mean Teacher: Tarvainen & Valpola, arXiv:1703.01
 * :func:`balanced_labeled_indices`, :func:`semi_supervised_targets`, :class:`RandomBatches` - the
   benchmark's sampler: exactly n/K labeled windows per class, everything else (plus copies of the
   labeled ones) unlabeled with label -1, batches drawn at random from that pool.
+* :class:`TwoStreamBatches` - the original Mean Teacher paper's batch composition (Tarvainen &
+  Valpola, arXiv:1703.01780, its PyTorch runs: 31 labeled of 128): a fixed number of labeled windows
+  per batch cycling through the labeled set, the rest of the batch drawn from the unlabeled windows.
 """
 import copy
 import math
@@ -240,16 +243,72 @@ class RandomBatches:
         return self.steps
 
     def __iter__(self) -> Any:
-        gen = torch.Generator().manual_seed(self.seed)
-        order, pos = torch.randperm(len(self.indices), generator=gen), 0
+        stream = _ReshuffledStream(len(self.indices), torch.Generator().manual_seed(self.seed))
         for _ in range(self.steps):
-            picks = []
-            need = self.batch_size
-            while need > 0:
-                if pos >= len(order):
-                    order, pos = torch.randperm(len(self.indices), generator=gen), 0
-                take = order[pos:pos + need]
-                picks.append(take)
-                pos, need = pos + len(take), need - len(take)
-            sel = torch.cat(picks)
+            sel = stream.take(self.batch_size)
             yield self.x[self.indices[sel]], self.targets[sel]
+
+
+class _ReshuffledStream:
+    """Positions 0..n-1 in a random order, reshuffled each time the order is used up."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.gen = n, generator
+        self.order, self.pos = torch.randperm(n, generator=generator), 0
+
+    def take(self, count: int) -> torch.Tensor:
+        picks = []
+        while count > 0:
+            if self.pos >= self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            chunk = self.order[self.pos:self.pos + count]
+            picks.append(chunk)
+            self.pos, count = self.pos + len(chunk), count - len(chunk)
+        return torch.cat(picks)
+
+
+class TwoStreamBatches:
+    """Mean Teacher's two-stream minibatches (Tarvainen & Valpola, arXiv:1703.01780; the A*HAR baseline,
+    arXiv:2101.04859, uses the random "vary" mix of :class:`RandomBatches` instead).
+
+    Every one of ``steps`` batches holds exactly ``labeled_per_batch`` labeled windows, drawn from a
+    reshuffled pass over ``labeled_indices`` (so all labeled windows appear once before any repeats),
+    followed by ``batch_size - labeled_per_batch`` unlabeled windows (target -1) from a reshuffled pass
+    over ``unlabeled_indices``. x: (N, ...); labeled_indices, labeled_targets: (L,) with targets in
+    [0, K); unlabeled_indices: (U,) (may be empty only when labeled_per_batch == batch_size). Yields
+    (x[batch], targets) with targets (batch_size,); deterministic for a given ``seed``.
+    """
+
+    def __init__(self, x: torch.Tensor, labeled_indices: torch.Tensor, labeled_targets: torch.Tensor,
+                 unlabeled_indices: torch.Tensor, batch_size: int, labeled_per_batch: int, steps: int,
+                 seed: int = 0) -> None:
+        check_count(batch_size, "batch_size")
+        check_count(steps, "steps")
+        check_count(labeled_per_batch, "labeled_per_batch")
+        if labeled_per_batch > batch_size:
+            raise InputError(f"labeled_per_batch={labeled_per_batch} exceeds batch_size={batch_size}")
+        if labeled_indices.dim() != 1 or labeled_indices.shape != labeled_targets.shape or not len(labeled_indices):
+            raise InputError("labeled_indices and labeled_targets must be equal-length non-empty 1-d tensors")
+        if (labeled_targets < 0).any():
+            raise InputError("labeled_targets must be class ids >= 0")
+        if unlabeled_indices.dim() != 1 or (labeled_per_batch < batch_size and not len(unlabeled_indices)):
+            raise InputError("unlabeled_indices must be a non-empty 1-d tensor when batches hold unlabeled windows")
+        self.x, self.labeled_indices, self.labeled_targets = x, labeled_indices, labeled_targets
+        self.unlabeled_indices, self.batch_size, self.steps = unlabeled_indices, batch_size, steps
+        self.labeled_per_batch, self.seed = labeled_per_batch, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Any:
+        gen = torch.Generator().manual_seed(self.seed)
+        lab = _ReshuffledStream(len(self.labeled_indices), gen)
+        unl = _ReshuffledStream(max(len(self.unlabeled_indices), 1), gen)
+        n_unl = self.batch_size - self.labeled_per_batch
+        for _ in range(self.steps):
+            lsel = lab.take(self.labeled_per_batch)
+            usel = self.unlabeled_indices[unl.take(n_unl)] if n_unl else self.unlabeled_indices[:0]
+            idx = torch.cat([self.labeled_indices[lsel], usel])
+            targets = torch.cat([self.labeled_targets[lsel],
+                                 torch.full((n_unl,), IGNORE, dtype=self.labeled_targets.dtype)])
+            yield self.x[idx], targets
