@@ -1,6 +1,6 @@
-"""Semantic-segmentation metrics from one confusion matrix (as in the segmentation papers honed
-reproduces, e.g. ComplexMix arXiv:2104.08282 and UDA for aerial images): confusion matrix, per-class
-IoU, mIoU, per-class F1 / mean F1 and overall pixel accuracy.
+"""Semantic-segmentation metrics from one confusion matrix (as the segmentation papers honed reproduces
+report them, e.g. ComplexMix arXiv:2101.10156 and aerial-image UDA arXiv:2012.02264): confusion matrix,
+per-class IoU, mIoU, per-class F1 and overall pixel accuracy.
 
 Inputs: integer label maps ``pred`` and ``target`` of the same shape (any shape), values in
 [0, num_classes); pixels whose target equals ``ignore_index`` are left out.
