@@ -114,3 +114,17 @@ def test_wide_arms_tables_are_turned_so_each_metric_is_a_row():
     header, rows = readable_arms_table(result(12))
     assert header == ["metric", "ours (ours)", "base (baseline)"]
     assert [r[0] for r in rows] == [f"m{i}" for i in range(12)] and rows[5] == ["m5", "1", "1"]
+
+
+def test_a_cached_result_from_other_code_is_flagged_not_recomputed(runs):
+    lines = []
+    first = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert len(first.environment["honed_source"]) == 12
+    done = runs / "99-toy" / "default" / "result.json"
+    data = json.loads(done.read_text())
+    data["environment"]["honed_source"] = "000000000000"
+    done.write_text(json.dumps(data))
+    lines.clear()
+    again = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert again.environment["honed_source"] == "000000000000"  # loaded, not recomputed
+    assert len(lines) == 1 and "other honed code" in lines[0] and "--force" in lines[0]

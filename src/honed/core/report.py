@@ -108,7 +108,8 @@ def render_markdown(results: dict[str, tuple[Result, Path]], root: Path) -> str:
         env = result.environment
         parts += [f"## {result.id}: {result.title}", "",
                   f"Preset `{result.preset}`, seeds {result.seeds}, runtime {result.runtime_s:.1f} s, "
-                  f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads). "
+                  f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads), honed source "
+                  f"{env.get('honed_source', '-')}. "
                   f"Result: `{(folder / 'result.json').relative_to(root)}`.", "",
                   md_table(*readable_arms_table(result)), "", md_table(*claims_table(result)), ""]
         parts += [f"- {n}" for n in result.notes] + ([""] if result.notes else [])

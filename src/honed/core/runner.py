@@ -20,7 +20,7 @@ from honed.core.atomic import atomic_write_json
 from honed.core.config import UNHASHED_FIELDS, ExperimentConfig, config_hash, to_dict
 from honed.core.errors import StoreError
 from honed.core.experiment import Experiment, Result, SeedOutput
-from honed.core.seed import environment, seed_everything, torch_threads
+from honed.core.seed import environment, seed_everything, source_digest, torch_threads
 
 
 @dataclass
@@ -94,6 +94,9 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Pat
     if done.exists():
         old = Result.from_json(read_json(done))
         if old.seeds == list(cfg.seeds):
+            if log is not None and old.environment.get("honed_source") not in (None, source_digest()):
+                log(f"note: {done} was written by other honed code (source {old.environment['honed_source']}, "
+                    f"now {source_digest()}); rerun with --force to refresh it")
             return old
     outputs = []
     for seed in cfg.seeds:

@@ -1,8 +1,11 @@
 """Seeding and the run environment record."""
+import functools
+import hashlib
 import os
 import platform
 import random
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +19,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256[:12] over honed's own .py files (path + content, sorted): which code produced a result."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def environment(device: str, threads: int | None = None) -> dict:
     """What a reader needs to judge a measured number: versions, device, threads (the count the
     seeds ran with, when the experiment set one), machine."""
@@ -23,6 +36,7 @@ def environment(device: str, threads: int | None = None) -> dict:
 
     return {
         "honed": __version__,
+        "honed_source": source_digest(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
