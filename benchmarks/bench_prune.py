@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from honed.core.atomic import atomic_write_json
-from honed.core.loop import train
+from honed.core.loop import split_accuracy, train
 from honed.core.measure import count_macs
 from honed.core.seed import environment, seed_everything, torch_threads
 from honed.data import Batches
-from honed.experiments.e28_gdp import (CosineLR, GDPConfig, accuracy, build_resnet, cost_table, finetune,
+from honed.experiments.e28_gdp import (CosineLR, GDPConfig, build_resnet, cost_table, finetune,
                                        load_data, train_gdp)
 
 PEER_INSTALL = "pip install torch-pruning==1.6.1"
@@ -74,7 +74,7 @@ def run(cfg: GDPConfig, seed: int) -> dict:
     gdp, _ = train_gdp(dense, train_split, val, cfg, seed)
     gdp.enforce_target()
     models = {"dense": dense, "gdp": gdp.export().eval()}
-    acc_before = {"gdp": accuracy(models["gdp"], test)}
+    acc_before = {"gdp": split_accuracy(models["gdp"], test)}
     finetune(models["gdp"], train_split, val, cfg, cfg.finetune_epochs, seed, cfg.finetune_lr)
     timing = {"gdp_train_and_export_s": time.perf_counter() - start}
     tp = load_peer()
@@ -86,13 +86,13 @@ def run(cfg: GDPConfig, seed: int) -> dict:
             print(f"torch-pruning could not get within GDP's MACs ({budget}) at ratio <= 0.95")
         timing["torch_pruning_search_s"], timing["torch_pruning_ratio"] = time.perf_counter() - start, ratio
         models["torch_pruning"], models["torch_pruning_equal_epochs"] = pruned, copy.deepcopy(pruned)
-        acc_before["torch_pruning"] = accuracy(pruned, test)
+        acc_before["torch_pruning"] = split_accuracy(pruned, test)
         finetune(models["torch_pruning"], train_split, val, cfg, cfg.finetune_epochs, seed, cfg.finetune_lr)
         finetune(models["torch_pruning_equal_epochs"], train_split, val, cfg, cfg.finetune_epochs + cfg.gdp_epochs,
                  seed, cfg.finetune_lr)
     table = cost_table(models, test.x, cfg.latency_repeats)
     for name, model in models.items():
-        table[name]["test_acc"] = accuracy(model, test)
+        table[name]["test_acc"] = split_accuracy(model, test)
         if name in acc_before:
             table[name]["test_acc_before_finetune"] = acc_before[name]
     return {"table": table, "timing": timing, "peer_available": tp is not None}

@@ -116,3 +116,16 @@ def test_cosine_lr_follows_the_formula():
     train(model, Batches(make_data(16), 4, shuffle=False), opt, 1, callbacks=[CosineLR(), grab], progress=False)
     import math
     assert seen == pytest.approx([0.4 * 0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)])
+
+
+def test_split_accuracy_is_evaluate_classifiers_accuracy_on_x_and_y():
+    from types import SimpleNamespace
+
+    from honed.core.loop import split_accuracy
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    split = SimpleNamespace(x=torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), y=torch.tensor([0, 1, 1]))
+    assert split_accuracy(model, split) == 2 / 3

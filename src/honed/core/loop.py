@@ -213,3 +213,9 @@ def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         correct += int((logits.argmax(1) == yb).sum())
     model.train(was_training)
     return {"accuracy": correct / n, "loss": loss / n}
+
+
+def split_accuracy(model: torch.nn.Module, split: Any, device: str | torch.device = "cpu") -> float:
+    """Accuracy of ``model`` on ``split`` (anything with ``.x`` inputs and ``.y`` labels, e.g. a
+    ``honed.data.Split``), as :func:`evaluate_classifier` computes it."""
+    return evaluate_classifier(model, split.x, split.y, device=device)["accuracy"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from torch import nn
 
 from honed.compress.cost import cost_columns
 from honed.compress.masks import count_kept, count_total, sparsity
@@ -30,7 +29,7 @@ from honed.compress.supertickets import SuperTicketsSchedule, one_shot_prune, tr
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import evaluate_classifier
+from honed.core.loop import split_accuracy
 from honed.data import Batches, Split, create_dataset
 
 JOINT_ARMS = {"supertickets": dict(), "supertickets_persistent_mask": dict(reactivation="none"),
@@ -129,16 +128,12 @@ def warm_up(cfg: SuperTicketsConfig, device, train: Split) -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
 
-def accuracy(model: nn.Module, split: Split) -> float:
-    return evaluate_classifier(model, split.x, split.y)["accuracy"]
-
-
 def finish(model: SuperNet, cfg: SuperTicketsConfig, train: Split, test: Split, seed: int,
            epochs: int, clock: Stopwatch) -> dict[str, float]:
     """BN re-estimation, test accuracy and the cost columns of the exported ticket."""
     recalibrate_bn(model, Batches(train, cfg.batch_size, shuffle=False, seed=seed))
     mask = get_mask(model)
-    row = {"test_acc": accuracy(model, test), "sparsity": sparsity(mask), "prunable_kept": float(count_kept(mask)),
+    row = {"test_acc": split_accuracy(model, test), "sparsity": sparsity(mask), "prunable_kept": float(count_kept(mask)),
            "prunable_total": float(count_total(mask)), "hidden_channels": float(sum(channel_counts(model).values())),
            "branches": float(len(channel_counts(model))), "train_epochs": float(epochs),
            "train_wall_s": clock.wall, "train_cpu_s": clock.cpu}
@@ -153,7 +148,7 @@ def run_joint(cfg: SuperTicketsConfig, seed: int, device, train: Split, test: Sp
     with clock:
         st = train_supertickets(model, Batches(train, cfg.batch_size, seed=seed), cfg.schedule(**overrides),
                                 test.x[:1], cfg.lr, cfg.momentum, device,
-                                evaluate=lambda m: {"acc": accuracy(m, test)})
+                                evaluate=lambda m: {"acc": split_accuracy(m, test)})
     metrics = finish(model, cfg, train, test, seed, cfg.epochs, clock)
     revived = [e["revived"] for e in st.trace.events if e["kind"] == "prune"]
     metrics["revived_weights"] = float(sum(revived))
@@ -171,7 +166,7 @@ def search_prune_retrain(cfg: SuperTicketsConfig, seed: int, device, train: Spli
     clock = Stopwatch()
     with clock:
         search = train_supertickets(model, batches, cfg.schedule(epochs=search_epochs, prune=False), test.x[:1],
-                                    cfg.lr, cfg.momentum, device, evaluate=lambda m: {"acc": accuracy(m, test)})
+                                    cfg.lr, cfg.momentum, device, evaluate=lambda m: {"acc": split_accuracy(m, test)})
         one_shot_prune(model, cfg.target_sparsity)
     searched_acc = search.history["acc"][-1]
     out = {"acc": list(search.history["acc"]), "widths": channel_counts(model)}
@@ -184,7 +179,7 @@ def search_prune_retrain(cfg: SuperTicketsConfig, seed: int, device, train: Spli
     with clock:
         retrain = train_supertickets(model, batches, cfg.schedule(epochs=retrain_epochs, search=False, prune=False),
                                      test.x[:1], cfg.retrain_lr, cfg.momentum, device,
-                                     evaluate=lambda m: {"acc": accuracy(m, test)})
+                                     evaluate=lambda m: {"acc": split_accuracy(m, test)})
     out["acc"] += retrain.history["acc"]
     out["metrics"] = finish(model, cfg, train, test, seed, search_epochs + retrain_epochs, clock)
     return out

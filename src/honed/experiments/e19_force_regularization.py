@@ -22,7 +22,6 @@ FlopCounterMode, one image), median CPU wall latency at batch 1 and 64 from
 claim says which column it is about.
 """
 import copy
-import math
 import statistics
 import time
 from collections import OrderedDict
@@ -38,7 +37,7 @@ from honed.compress.lowrank import LayerRank, decompose_model, plan_ranks
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import Callback, CosineLR, evaluate_classifier, train
+from honed.core.loop import CosineLR, split_accuracy, train
 from honed.data import Batches, Split, create_dataset
 
 DECOMPOSED_ARMS = ("plain_lra", "force_lra", "plain_lra_matched_rank")
@@ -115,10 +114,6 @@ def fit(model: nn.Module, data: Split, cfg: ForceRegConfig, epochs: int, lr: flo
     return history["train_loss"]
 
 
-def accuracy(model: nn.Module, split: Split, device) -> float:
-    return evaluate_classifier(model, split.x, split.y, device=device)["accuracy"]
-
-
 def cpu_time_per_forward(model: nn.Module, batch: torch.Tensor, repeats: int) -> float:
     """Process CPU time (all threads, seconds) per forward of ``batch``: insensitive to other load."""
     with torch.no_grad():
@@ -166,9 +161,9 @@ def decompose_and_finetune(source: nn.Module, cfg: ForceRegConfig, data, seed: i
     """LRA of ``cfg.layers`` of ``source`` at ``cfg.energy`` (or fixed ``ranks``), then the finetune."""
     train_split, test = data
     model, plan = decompose_model(source, cfg.energy, list(cfg.layers), ranks=ranks)
-    cols = {"test_acc_after_lra": accuracy(model, test, device), **rank_columns(plan)}
+    cols = {"test_acc_after_lra": split_accuracy(model, test, device), **rank_columns(plan)}
     curve = fit(model, train_split, cfg, cfg.finetune_epochs, cfg.finetune_lr, seed, device=device)
-    cols["test_acc"] = accuracy(model, test, device)
+    cols["test_acc"] = split_accuracy(model, test, device)
     return model, cols, curve
 
 
@@ -177,14 +172,14 @@ def run_arms(cfg: ForceRegConfig, seed: int, dense: nn.Module, forced: nn.Module
     train_split, test = data
     dense_plan = plan_ranks(dense, 1.0, list(cfg.layers), only_if_cheaper=False)  # full ranks
     models, arms, curves = {"dense": dense}, {}, {}
-    arms["dense"] = {"test_acc": accuracy(dense, test, device), **rank_columns(dense_plan)}
+    arms["dense"] = {"test_acc": split_accuracy(dense, test, device), **rank_columns(dense_plan)}
     arms["dense"]["layers_decomposed"] = 0.0
     for arm, source in (("plain_lra", dense), ("force_lra", forced), ("plain_lra_matched_rank", dense)):
         ranks = None
         if arm == "plain_lra_matched_rank":
             ranks = {layer: int(arms["force_lra"][f"rank_{layer}"]) for layer in cfg.layers}
         models[arm], arms[arm], curves[arm] = decompose_and_finetune(source, cfg, data, seed, device, ranks)
-    arms["force_lra"]["test_acc_before_lra"] = accuracy(forced, test, device)
+    arms["force_lra"]["test_acc_before_lra"] = split_accuracy(forced, test, device)
     arms["plain_lra"]["test_acc_before_lra"] = arms["dense"]["test_acc"]
     arms["plain_lra_matched_rank"]["test_acc_before_lra"] = arms["dense"]["test_acc"]
     costs = measure_costs({n: m.cpu() for n, m in models.items()}, test.x[:1].cpu(), cfg)

@@ -31,7 +31,7 @@ from honed.core.checkpoint import load_tensors, save_tensors
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import evaluate_classifier, train
+from honed.core.loop import split_accuracy, train
 from honed.data import Batches, create_dataset
 
 UNPRUNED = ("stem.weight", "fc.weight")  # card step 0: the stem conv and the fc layer stay dense
@@ -102,10 +102,6 @@ class LotteryVerificationConfig(ExperimentConfig):
             raise ConfigError("lr, finetune_lr, batch_size, num_triggers and triggers_per_step must be positive")
 
 
-def _accuracy(model: nn.Module, split, device) -> float:
-    return evaluate_classifier(model, split.x, split.y, device=device)["accuracy"]
-
-
 def _stored(folder, name: str, compute) -> dict[str, torch.Tensor]:
     """A dict of tensors kept in ``folder`` as ``name``.safetensors, computed once."""
     path = folder / f"{name}.safetensors"
@@ -167,7 +163,7 @@ class LotteryVerificationExperiment(Experiment):
         imp = iterative_magnitude_pruning(
             model, self._trainer(cfg, data, seed, device), cfg.rounds, prune_fraction=cfg.prune_fraction,
             rewind_step=self._rewind_step(cfg, data), ignore=UNPRUNED,
-            evaluate=lambda m: {"accuracy": _accuracy(m, data.test, device)})
+            evaluate=lambda m: {"accuracy": split_accuracy(m, data.test, device)})
         out = {f"mask.{k}": v for k, v in imp.levels[-1].mask.items()}
         out.update({f"rewind.{k}": v for k, v in imp.rewind_state.items()})
         out.update({f"trained.{k}": v.detach().clone() for k, v in model.state_dict().items()})
@@ -231,7 +227,7 @@ class LotteryVerificationExperiment(Experiment):
 
     def _signed_arm(self, env) -> dict[str, float]:
         model = self._load(env, env["signed_weights"])
-        acc = _accuracy(model, env["data"].test, env["device"])
+        acc = split_accuracy(model, env["data"].test, env["device"])
         triggers = self._triggers(env)
         return {"test_acc": acc, "sparsity": sparsity(env["signed"]),
                 "abs_acc_change": abs(acc - float(env["owner"]["level_acc"][-1])),
@@ -260,11 +256,11 @@ class LotteryVerificationExperiment(Experiment):
         train(model, Batches(data.train, cfg.batch_size, seed=env["seed"] + 7), torch.optim.Adam(
             model.parameters(), lr=cfg.finetune_lr), cfg.finetune_epochs, callbacks=callbacks, device=device,
             progress=False)
-        out = {"finetuned_acc": _accuracy(model, data.test, device)}
+        out = {"finetuned_acc": split_accuracy(model, data.test, device)}
         if not keep_mask:
             mask = magnitude_prune(model, sparsity(env["signed"]), "global", ignore=UNPRUNED)
             apply_mask(model, mask)
-        return {**out, "test_acc": _accuracy(model, data.test, device), **self._reading(model, env)}
+        return {**out, "test_acc": split_accuracy(model, data.test, device), **self._reading(model, env)}
 
     def _pruned_arms(self, env) -> dict[str, dict[str, float]]:
         arms = {}
@@ -276,7 +272,7 @@ class LotteryVerificationExperiment(Experiment):
             arms[f"pruned_p{round(100 * p):02d}"] = {
                 "extra_sparsity": p, "sparsity": sparsity(mask),
                 "host_pruned_fraction": 1 - int(mask[host].sum()) / int(env["signed"][host].sum()),
-                "test_acc": _accuracy(model, env["data"].test, env["device"]), **self._reading(mask, env)}
+                "test_acc": split_accuracy(model, env["data"].test, env["device"]), **self._reading(mask, env)}
         return arms
 
     def _false_positive(self, mask, env) -> dict[str, float]:
@@ -310,7 +306,7 @@ class LotteryVerificationExperiment(Experiment):
         mix = TriggerMixCallback(x_trig, y_trig, cfg.triggers_per_step)
         train_ticket(model, _split_prefix(env["owner"], "rewind."), env["signed"],
                      lambda m, start, cbs: trainer(m, start, [*cbs, mix]), self._rewind_step(cfg, data))
-        out = {"test_acc": _accuracy(model, data.test, device),
+        out = {"test_acc": split_accuracy(model, data.test, device),
                "trigger_acc": trigger_accuracy(model, x_trig, y_trig, device=device)}
         state = copy.deepcopy(model.state_dict())
         for p in cfg.extra_sparsities:
@@ -337,7 +333,7 @@ class LotteryVerificationExperiment(Experiment):
                          "owner_ber_forged": out.owner_in_forged.ber, "window_overlap": overlap,
                          "attacker_in_original": float(out.attacker_in_original.text == text or found.text == text),
                          "attacker_best_ber_original": found.ber,
-                         "test_acc": _accuracy(model, env["data"].test, env["device"])})
+                         "test_acc": split_accuracy(model, env["data"].test, env["device"])})
         return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
 
     def claims(self, cfg: LotteryVerificationConfig, result) -> list[Claim]:

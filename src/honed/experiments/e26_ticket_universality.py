@@ -27,7 +27,7 @@ from honed.compress.universality import (DISTANCES, REPRESENTATIONS, flow_spectr
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import evaluate_classifier
+from honed.core.loop import split_accuracy
 from honed.data import Batches, Dataset, Split, create_dataset
 from honed.models import create_model
 
@@ -153,9 +153,6 @@ class TicketUniversalityExperiment(Experiment):
         return StepTrainer(Batches(task.train, cfg.batch_size, seed=seed), cfg.steps,
                            lambda p: torch.optim.Adam(p, lr=cfg.lr), device)
 
-    def _accuracy(self, model, task: Dataset, device) -> float:
-        return evaluate_classifier(model, task.test.x, task.test.y, device=device)["accuracy"]
-
     def run_seed(self, cfg: TicketUniversalityConfig, seed: int, ctx: Any) -> SeedOutput:
         device = ctx.device
         base = create_dataset("digits", flat=True)
@@ -168,7 +165,7 @@ class TicketUniversalityExperiment(Experiment):
             model.load_state_dict(init_state)
             imps[name] = iterative_magnitude_pruning(
                 model, self._trainer(cfg, task, seed, device), cfg.rounds, prune_fraction=cfg.prune_fraction,
-                rewind_step=cfg.rewind_step, evaluate=lambda m, t=task: {"accuracy": self._accuracy(m, t, device)},
+                rewind_step=cfg.rewind_step, evaluate=lambda m, t=task: {"accuracy": split_accuracy(m, t.test, device)},
                 keep_trained=True)
         example = tasks[cfg.source_task].test.x[:1].to(device)
         arms = self._lth_arms(cfg, seed, model, imps[cfg.source_task], tasks[cfg.source_task], example)
@@ -198,11 +195,11 @@ class TicketUniversalityExperiment(Experiment):
             arms[f"{tag}/imp_ticket"] = {"test_acc": lv.metrics["accuracy"], "sparsity": lv.sparsity,
                                          **self._cost(cfg, model, lv.mask, example)}
             random_reinit(model, lv.mask, trainer, cfg.rewind_step, seed=10_000 + seed)
-            arms[f"{tag}/random_reinit"] = {"test_acc": self._accuracy(model, task, device),
+            arms[f"{tag}/random_reinit"] = {"test_acc": split_accuracy(model, task.test, device),
                                             "sparsity": lv.sparsity, **self._cost(cfg, model, lv.mask, example)}
             shuffled = shuffle_mask(lv.mask, torch.Generator().manual_seed(20_000 + seed))
             train_ticket(model, imp.rewind_state, shuffled, trainer, cfg.rewind_step)
-            arms[f"{tag}/random_prune"] = {"test_acc": self._accuracy(model, task, device),
+            arms[f"{tag}/random_prune"] = {"test_acc": split_accuracy(model, task.test, device),
                                            "sparsity": lv.sparsity, **self._cost(cfg, model, shuffled, example)}
         return arms
 
@@ -217,7 +214,7 @@ class TicketUniversalityExperiment(Experiment):
             shuffled = shuffle_mask(last.mask, torch.Generator().manual_seed(30_000 + seed))
             train_ticket(model, imp.rewind_state, shuffled, self._trainer(cfg, task, seed, example.device),
                          cfg.rewind_step)
-            arms[f"{name}/random_mask"] = {"test_acc": self._accuracy(model, task, example.device),
+            arms[f"{name}/random_mask"] = {"test_acc": split_accuracy(model, task.test, example.device),
                                            "sparsity": last.sparsity}
         return arms
 
@@ -251,7 +248,7 @@ class TicketUniversalityExperiment(Experiment):
             weights = imps[a if cfg.transfer_weights == "source" else b].rewind_state
             trainer = self._trainer(cfg, tasks[b], seed, next(model.parameters()).device)
             train_ticket(model, weights, imps[a].levels[-1].mask, trainer, cfg.rewind_step)
-            accs.append(self._accuracy(model, tasks[b], next(model.parameters()).device))
+            accs.append(split_accuracy(model, tasks[b].test, next(model.parameters()).device))
             gaps.append(imps[b].levels[-1].metrics["accuracy"] - accs[-1])
         return {"pairs": [f"{a}->{b}" for a, b in pairs], "transfer_acc": accs, "transfer_gap": gaps}
 

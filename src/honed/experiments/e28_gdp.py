@@ -15,7 +15,6 @@ image), median CPU latency at batch 1 and 64 (models interleaved, repeated) and 
 dense model. Each claim says which column it is about: masks are not speed.
 """
 import copy
-import math
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +31,7 @@ from honed.compress.slimming import BNScaleL1, bn_importance, global_keep_for_ma
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import Callback, CosineLR, evaluate_classifier, train
+from honed.core.loop import CosineLR, split_accuracy, train
 from honed.core.measure import count_macs, count_params
 from honed.data import Batches, Split, create_dataset
 from honed.models import create_model
@@ -144,7 +143,7 @@ def finetune(model: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, e
         return []
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, epochs, callbacks=[CosineLR()],
-                    evaluate=lambda m: {"acc": accuracy(m, val)}, checkpoint=checkpoint, progress=False)
+                    evaluate=lambda m: {"acc": split_accuracy(m, val)}, checkpoint=checkpoint, progress=False)
     return history["acc"]
 
 
@@ -157,7 +156,7 @@ def train_gdp(dense: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, 
         {"params": gdp.gate_parameters(), "lr": cfg.gate_lr, "weight_decay": 0.0}], momentum=cfg.momentum)
     history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.gdp_epochs,
                     loss_fn=gdp.loss(F.cross_entropy), callbacks=[gdp.callback()], progress=False,
-                    evaluate=lambda m: {"acc": accuracy(m, val)})
+                    evaluate=lambda m: {"acc": split_accuracy(m, val)})
     return gdp, history["acc"]
 
 
@@ -171,7 +170,7 @@ def train_slimming(dense: nn.Module, train_split: Split, val: Split, cfg: GDPCon
                           weight_decay=cfg.weight_decay)
     history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.gdp_epochs,
                     callbacks=[BNScaleL1(cfg.slimming_lambda)], progress=False,
-                    evaluate=lambda m: {"acc": accuracy(m, val)})
+                    evaluate=lambda m: {"acc": split_accuracy(m, val)})
     groups = find_channel_groups(model)
     costs = layer_costs(model, groups, example)
     scores = {g.name: bn_importance(model, g) for g in groups}
@@ -209,34 +208,30 @@ def load_data(cfg: GDPConfig) -> tuple[Split, Split, Split]:
     return train_split, data.val, data.test
 
 
-def accuracy(model: nn.Module, split: Split) -> float:
-    return evaluate_classifier(model, split.x, split.y)["accuracy"]
-
-
 def run_pruning(cfg: GDPConfig, seed: int, dense: nn.Module, train_split: Split, val: Split, test: Split) -> dict:
     """Every pruned arm of one seed, then one interleaved cost measurement of all models."""
     gdp, gdp_curve = train_gdp(dense, train_split, val, cfg, seed)
-    acc_trained, macs_trained = accuracy(gdp.model, test), gdp.hard_macs() / gdp.dense_macs
+    acc_trained, macs_trained = split_accuracy(gdp.model, test), gdp.hard_macs() / gdp.dense_macs
     topped_up = gdp.enforce_target()
     with torch.no_grad():
         gated_logits = gdp.model.eval()(test.x)
         exported = gdp.export().eval()
         export_diff = float((exported(test.x) - gated_logits).abs().max())
-    acc_gated, acc_exported = accuracy(gdp.model, test), accuracy(exported, test)
+    acc_gated, acc_exported = split_accuracy(gdp.model, test), split_accuracy(exported, test)
     models = {"dense": dense, "gdp": exported}
     budget = count_macs(exported, test.x[:1])
     models["slimming"], slim_curve = train_slimming(dense, train_split, val, cfg, seed, budget, test.x[:1])
     models["l1_norm"] = prune_by_importance(dense, "l1", budget, test.x[:1], seed)
     models["l1_norm_equal_epochs"] = copy.deepcopy(models["l1_norm"])
     models["random"] = prune_by_importance(dense, "random", budget, test.x[:1], seed)
-    before = {name: accuracy(m, test) for name, m in models.items()}
+    before = {name: split_accuracy(m, test) for name, m in models.items()}
     curves = {"gdp_gated_training": gdp_curve, "slimming_sparsity_training": slim_curve}
     for name in PRUNED_ARMS:
         epochs = cfg.finetune_epochs + (cfg.gdp_epochs if name == "l1_norm_equal_epochs" else 0)
         curves[name] = finetune(models[name], train_split, val, cfg, epochs, seed, cfg.finetune_lr)
     table = cost_table(models, test.x, cfg.latency_repeats)
     for name, model in models.items():
-        table[name]["test_acc"] = accuracy(model, test)
+        table[name]["test_acc"] = split_accuracy(model, test)
         table[name]["test_acc_before_finetune"] = before[name]
     table["gdp"].update(test_acc_gated=acc_gated, test_acc_exported=acc_exported, export_max_abs_logit_diff=export_diff,
                         test_acc_gated_trained=acc_trained, macs_fraction_trained=macs_trained,
@@ -289,7 +284,7 @@ class GDPExperiment(Experiment):
                               weight_decay=cfg.weight_decay)
         dense_hist = train(dense, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.dense_epochs,
                            callbacks=[CosineLR()], checkpoint=ctx.checkpoint("dense"), progress=False,
-                           evaluate=lambda m: {"acc": accuracy(m, val)})
+                           evaluate=lambda m: {"acc": split_accuracy(m, val)})
         dense.eval()
         part = ctx.cached("pruning", lambda: run_pruning(cfg, seed, dense, train_split, val, test))
         curves = {"val_acc": {"dense": dense_hist["acc"], **part["curves"]},

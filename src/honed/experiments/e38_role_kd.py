@@ -20,7 +20,7 @@ from honed.core.atomic import atomic_write_json
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import evaluate_classifier
+from honed.core.loop import split_accuracy
 from honed.core.runner import read_json
 from honed.data import create_dataset
 from honed.distill.augment_policy import (Schedule, Trial, apply_policy, random_pad_crop, random_policy,
@@ -123,10 +123,6 @@ def train_one_epoch(model, teacher, optimizer, split, policy, epoch, epochs, cfg
             distillation_step(model, teacher, x[idx], split.y[idx], optimizer, epoch, kd_loss)
 
 
-def accuracy(model: nn.Module, split) -> float:
-    return evaluate_classifier(model, split.x, split.y)["accuracy"]
-
-
 def search(cfg, data, make_model, teacher, seed: int, kd_loss) -> dict[str, Any]:
     """PBA search (population, interval, reward = val accuracy) from all-zero policies."""
     rng = np.random.default_rng(seed)
@@ -137,7 +133,7 @@ def search(cfg, data, make_model, teacher, seed: int, kd_loss) -> dict[str, Any]
     result = pbt_search(
         trials, lambda t, e: train_one_epoch(t.model, teacher, t.optimizer, data.train, t.policy, e,
                                              cfg.search_epochs, cfg, rng, kd_loss),
-        lambda m: accuracy(m, data.val), cfg.search_epochs, cfg.interval, rng)
+        lambda m: split_accuracy(m, data.val), cfg.search_epochs, cfg.interval, rng)
     return {"schedule": result.schedule.to_json(), "best_val": result.best_score, "val": result.scores,
             "exploits": len(result.exploits), "best_model": trials[result.best_trial].model}
 
@@ -176,7 +172,7 @@ def teacher_stage(cfg, data) -> dict[str, Any]:
                         epoch, cfg.teacher_epochs, cfg, rng)
     return {"schedule": found["schedule"], "search_best_val": found["best_val"],
             "state": {k: v.tolist() for k, v in teacher.state_dict().items()},
-            "test_acc": accuracy(teacher, data.test), "val_acc": accuracy(teacher, data.val)}
+            "test_acc": split_accuracy(teacher, data.test), "val_acc": split_accuracy(teacher, data.val)}
 
 
 def student_search_stage(cfg, data, teacher: nn.Module) -> dict[str, Any]:
@@ -206,8 +202,8 @@ def train_student_arm(cfg, data, teacher, arm: str, schedules: dict, seed: int) 
             policy = schedules[key].at(epoch, cfg.final_epochs)
         train_one_epoch(student, teacher if uses_kd else None, optimizer, data.train, policy, epoch,
                         cfg.final_epochs, cfg, rng, kd_loss_of(cfg))
-        curve.append(accuracy(student, data.test))
-    return {"test_acc": curve[-1], "val_acc": accuracy(student, data.val), "curve": curve}
+        curve.append(split_accuracy(student, data.test))
+    return {"test_acc": curve[-1], "val_acc": split_accuracy(student, data.val), "curve": curve}
 
 
 def mean_prob_level(schedule: list[list[int]]) -> float:
