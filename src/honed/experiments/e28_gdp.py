@@ -17,7 +17,7 @@ dense model. Each claim says which column it is about: masks are not speed.
 import copy
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -55,18 +55,19 @@ class GDPConfig(ExperimentConfig):
     gate_lr: float = 1.0  # gates: own lr, no weight decay (card step 5)
     finetune_epochs: int = 3
     finetune_lr: float = 0.01  # cosine to 0, for GDP and every baseline
-    target_macs: float = 0.5  # kept fraction of dense MACs (F*)
-    regularizer: Literal["flops", "sparsity"] = "flops"
-    eps_start: float = 1e-1
-    eps_end: float = 1e-6
-    anneal_fraction: float = 2 / 3
-    lambda_init: float = 0.5
-    lambda_lr: float = 0.05
-    lambda_every: int = 1
-    threshold: float = 1e-4
+    # GDPSchedule's options, flat so each is settable with --set; defaults are GDPSchedule's own
+    target_macs: float = GDPSchedule.target_macs  # kept fraction of dense MACs (F*)
+    regularizer: Literal["flops", "sparsity"] = GDPSchedule.regularizer
+    eps_start: float = GDPSchedule.eps_start
+    eps_end: float = GDPSchedule.eps_end
+    anneal_fraction: float = GDPSchedule.anneal_fraction
+    lambda_init: float = GDPSchedule.lambda_init
+    lambda_lr: float = GDPSchedule.lambda_lr
+    lambda_every: int = GDPSchedule.lambda_every
+    threshold: float = GDPSchedule.threshold
+    zero_crossing_clamp: bool = GDPSchedule.zero_crossing_clamp
+    enforce_target: bool = GDPSchedule.enforce_target
     slimming_lambda: float = 1e-4  # Network Slimming's L1 weight on BN gammas (card: 1e-4)
-    zero_crossing_clamp: bool = True
-    enforce_target: bool = True
     latency_repeats: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1  # small ResNet on digits: one torch thread; the latency columns are measured with it
@@ -91,11 +92,10 @@ class GDPConfig(ExperimentConfig):
         self.schedule()  # GDPSchedule checks its own fields
 
     def schedule(self) -> GDPSchedule:
-        return GDPSchedule(target_macs=self.target_macs, regularizer=self.regularizer,
-                           eps_start=self.eps_start, eps_end=self.eps_end, anneal_fraction=self.anneal_fraction,
-                           lambda_init=self.lambda_init, lambda_lr=self.lambda_lr, lambda_every=self.lambda_every,
-                           threshold=self.threshold, zero_crossing_clamp=self.zero_crossing_clamp,
-                           enforce_target=self.enforce_target)
+        """The GDPSchedule of this config: every schedule field this config also has (gate_init stays
+        at the schedule's default)."""
+        names = {f.name for f in fields(self)}
+        return GDPSchedule(**{f.name: getattr(self, f.name) for f in fields(GDPSchedule) if f.name in names})
 
 
 @torch.no_grad()
