@@ -104,3 +104,12 @@ def test_mnist1d_is_generated_offline():
     pytest.importorskip("mnist1d")
     d = create_dataset("mnist1d")
     assert d.input_shape == (1, 40) and len(d.test) == 1000 and len(d.train) + len(d.val) == 4000
+
+
+def test_check_images_with_dims_refuses_other_ranks_and_inf_and_allows_empty():
+    check_images(torch.rand(2, 1, 4, 4), dims=4)
+    check_images(torch.empty(0, 1, 4, 4), dims=4)
+    with pytest.raises(InputError, match=r"4-D tensor \(N, C, H, W\)"):
+        check_images(torch.rand(1, 4, 4), dims=4)
+    with pytest.raises(InputError, match="NaN or inf"):
+        check_images(torch.tensor([[float("inf")]]))

@@ -86,15 +86,20 @@ def stratified_split(x: torch.Tensor, y: torch.Tensor, fractions: tuple[float, f
     return splits[0], splits[1], splits[2]
 
 
-def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Raise InputError unless ``x`` is a finite float tensor in [0, 1]."""
+def check_images(x: torch.Tensor, name: str = "x", dims: int | None = None) -> None:
+    """Raise InputError unless ``x`` is a finite float tensor in [0, 1] (with ``dims`` dimensions,
+    e.g. 4 for (N, C, H, W), when given)."""
+    if not isinstance(x, torch.Tensor) or (dims is not None and x.dim() != dims):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{name} must be a {dims}-D tensor{' (N, C, H, W)' if dims == 4 else ''}, got {shape}")
     if not torch.is_floating_point(x):
         raise InputError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
-    if torch.isnan(x).any():
-        raise InputError(f"{name} contains NaN")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise InputError(f"{name} must lie in [0, 1] (normalise inside the model); got range [{lo:.3g}, {hi:.3g}]")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name} contains NaN or inf")
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise InputError(f"{name} must lie in [0, 1] (normalise inside the model); got range [{lo:.3g}, {hi:.3g}]")
 
 
 DATASETS: Registry = Registry("dataset")

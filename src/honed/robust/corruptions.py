@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError
+from honed.data.base import check_images
 
 SEVERITIES = (1, 2, 3, 4, 5)
 GAUSSIAN_SIGMA = (0.08, 0.14, 0.2, 0.28, 0.38)
@@ -33,14 +34,7 @@ JPEG_STEP = (0.06, 0.1, 0.16, 0.24, 0.34)       # DCT quantisation step on [0, 1
 
 def check_inputs(x: torch.Tensor, severity: int) -> None:
     """Raise InputError unless x is a finite float (N, C, H, W) tensor in [0, 1] and severity in 0..5."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise InputError(f"corruptions need images shaped (N, C, H, W), got {getattr(x, 'shape', type(x))}")
-    if not torch.is_floating_point(x):
-        raise InputError(f"images must be float in [0, 1], got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise InputError("images contain NaN or inf")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise InputError(f"images must lie in [0, 1], got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    check_images(x, "images", dims=4)
     if isinstance(severity, bool) or not isinstance(severity, int) or not 0 <= severity <= 5:
         raise InputError(f"severity must be an integer in 0..5, got {severity!r}")
 

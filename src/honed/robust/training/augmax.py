@@ -28,17 +28,11 @@ from torch import nn
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
+from honed.data.base import check_images
 
 OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize", "shear_x", "shear_y", "translate_x",
        "translate_y")
 ROUTES = ("M", "A")
-
-
-def check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not torch.is_floating_point(x):
-        raise InputError(f"expected float images (N, C, H, W), got {getattr(x, 'shape', type(x))}")
-    if not torch.isfinite(x).all() or (x.numel() and (float(x.min()) < 0 or float(x.max()) > 1)):
-        raise InputError("images must be finite and lie in [0, 1]")
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -92,7 +86,7 @@ def sample_chains(x: torch.Tensor, width: int = 3, severity: float = 3.0, max_de
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """``width`` random AugMix chains per image of x (N, C, H, W) in [0, 1] -> (N, width, C, H, W) in [0, 1].
     Each chain has depth ~ U{1..max_depth}; each op is uniform over OPS with level ~ U[0.1, severity]."""
-    check_images(x)
+    check_images(x, "images", dims=4)
     if width < 1 or max_depth < 1 or not 0.1 <= severity <= 10:
         raise InputError(f"need width >= 1, max_depth >= 1, severity in [0.1, 10]; got {width}, {max_depth}, {severity}")
     n = len(x)
@@ -220,7 +214,7 @@ def norm_route(model: nn.Module, route: str):
 
 
 def _check_attack_args(x, y, chains, steps, step_size, tau):
-    check_images(x)
+    check_images(x, "images", dims=4)
     if y.shape != (len(x),) or chains.dim() != 5 or chains.shape[0] != len(x):
         raise InputError(f"need y (N,) and chains (N, K, C, H, W); got {tuple(y.shape)}, {tuple(chains.shape)}")
     if steps < 0 or step_size <= 0 or tau < 1:
