@@ -33,3 +33,18 @@ def test_macs_are_exact_for_a_linear_and_a_conv():
     conv = torch.nn.Conv2d(2, 5, 3, padding=1, bias=False)
     assert count_macs(conv, torch.rand(1, 2, 6, 6)) == 5 * 6 * 6 * 2 * 9
     assert median_latency(conv, torch.rand(1, 2, 6, 6), repeats=3, warmup=1) > 0
+
+
+def test_median_latency_passes_a_tuple_as_several_arguments_and_restores_mode():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def forward(self, a, b):
+            self.calls.append((a.shape, b.shape, self.training))
+            return a + b
+
+    model = TwoInputs().train()
+    assert median_latency(model, (torch.rand(2, 3), torch.rand(2, 3)), repeats=2, warmup=1) > 0
+    assert model.calls == [((2, 3), (2, 3), False)] * 3 and model.training

@@ -23,16 +23,19 @@ def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def median_latency(model: torch.nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time in seconds of ``model(example)`` in eval mode over ``repeats`` runs."""
+def median_latency(model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], repeats: int = 30,
+                   warmup: int = 5) -> float:
+    """Median wall time in seconds of ``model(example)`` in eval mode over ``repeats`` runs; a tuple
+    ``example`` is passed as several arguments (e.g. ``(input_ids, attention_mask)``)."""
+    inputs = example if isinstance(example, tuple) else (example,)
     was_training = model.training
     model.eval()
     for _ in range(warmup):
-        model(example)
+        model(*inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(example)
+        model(*inputs)
         times.append(time.perf_counter() - start)
     model.train(was_training)
     return statistics.median(times)

@@ -138,20 +138,9 @@ def measure(model: torch.nn.Module, test: dict[str, torch.Tensor], dense_macs: i
     acc = (model(test["input_ids"], test["attention_mask"]).argmax(1) == test["y"]).float().mean().item()
     tokens = int(test["attention_mask"][:16].sum())
     macs = sparse_linear_macs(model, tokens)
-    ids, mask = test["input_ids"][:16], test["attention_mask"][:16]
-    wrapper = lambda x: model(x, mask)  # noqa: E731 - median_latency takes one tensor
-    latency = median_latency(_Call(wrapper), ids, repeats=9, warmup=2)
+    latency = median_latency(model, (test["input_ids"][:16], test["attention_mask"][:16]), repeats=9, warmup=2)
     return {"test_acc": acc, "trainable_frac": trainable_fraction(model), "linear_macs": float(macs),
             "linear_macs_saved": 0.0 if dense_macs is None else 1 - macs / dense_macs, "latency_ms": 1e3 * latency}
-
-
-class _Call(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def tensors(tokenizer: Any, rows: list[tuple[str, int]], cfg: DSEEConfig, device: torch.device) -> dict[str, torch.Tensor]:
