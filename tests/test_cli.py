@@ -22,9 +22,10 @@ def test_run_json_prints_the_result_and_list_shows_status(runs, toy_registered, 
     assert main(["run", "99-toy", "--preset", "smoke", "--json", "--set", "offset=3"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["id"] == "99-toy" and data["arms"]["ours"]["acc"]["mean"] == 3.0
-    assert data["config"]["offset"] == 3.0 and data["claims"][0]["passed"] is True
+    assert data["config"]["offset"] == 3.0 and data["claims"][0]["measured"] == 3.0
+    assert data["claims"][0]["verdict"] == "inconclusive"  # smoke: a plumbing check, never evidence
     assert main(["list"]) == 0
-    assert "partial 1/2 (smoke)" in capsys.readouterr().out
+    assert "0 hold, 0 fail, 3 inconclusive (smoke)" in capsys.readouterr().out
 
 
 def test_seed_yaml_and_report(runs, toy_registered, tmp_path, capsys):

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from honed.core.config import PRESETS, load_yaml, override, parse_assignments, preset, to_dict
 from honed.core.experiment import Experiment, Result, load_experiments
-from honed.core.report import claims_table, find_results, fmt, readable_arms_table, write_report
+from honed.core.report import (VERDICT_LABEL, find_runs, fmt, fmt_interval, interval_methods, invariants_table,
+                               readable_arms_table, totals_line, write_report)
 from honed.core.runner import run_dir, run_experiment
 from honed.core.seed import resolve_device
 
@@ -33,16 +35,13 @@ def resolve_config(exp: type[Experiment], args) -> Any:
 
 
 def run_status(exp: type[Experiment], root: Path) -> str:
-    folders = sorted((root / exp.id).glob("*/"), key=lambda p: p.stat().st_mtime) if (root / exp.id).exists() else []
-    for folder in reversed(folders):
-        if (folder / "result.json").exists():
-            data = json.loads((folder / "result.json").read_text())
-            passed = sum(c["passed"] for c in data.get("claims", []))
-            return f"{data.get('status')} {passed}/{len(data.get('claims', []))} ({data.get('preset')})"
-        seeds = list(folder.glob("seed_*/seed_result.json"))
-        if folder.is_dir():
-            return f"interrupted ({len(seeds)} seeds done)"
-    return "not run"
+    """The status of an experiment's newest run, as ``honed report`` computes it."""
+    entry = find_runs(root).get(exp.id) if (root / exp.id).exists() else None
+    if entry is None:
+        return "not run"
+    if entry.result is None:
+        return entry.problem
+    return f"{entry.result.status} ({entry.result.preset})"
 
 
 def cmd_list(args) -> int:
@@ -74,22 +73,46 @@ def cmd_show(args) -> int:
     return 0
 
 
+VERDICT_STYLE = {"holds": "green", "fails": "red", "inconclusive": "yellow"}
+
+
 def print_result(result: Result, console: Console) -> None:
+    """Arms, claims (paper figure, ours, interval, target, verdict and why), preconditions, invariants."""
     header, rows = readable_arms_table(result)
     table = Table(title=f"{result.id} ({result.preset}, seeds {result.seeds})")
-    for i, name in enumerate(header):
-        table.add_column(name, no_wrap=i == 0)  # arm / metric names stay whole
+    for name in header:
+        table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    header, rows = claims_table(result)
-    table = Table(*header, title="claims")
-    for row in rows:
-        table.add_row(*row[:-1], f"[green]PASS[/]" if row[-1] == "PASS" else "[red]FAIL[/]")
-    console.print(table)
+    for title, checks in (("claims", result.claims), ("preconditions", result.preconditions)):
+        if checks:
+            console.print(checks_table(title, checks))
+    if result.invariants:
+        header, rows = invariants_table(result)
+        table = Table(*header, title="invariants (hold by construction; not claims)")
+        for row in rows:
+            table.add_row(*row[:-1], "[green]ok[/]" if row[-1] == "ok" else "[red]BROKEN[/]")
+        console.print(table)
+    for method in interval_methods(result):
+        console.print(f"- interval: {method}", markup=False)
     for note in result.notes:
-        console.print(f"- {note}")
-    console.print(f"status {result.status}; runtime {result.runtime_s:.1f} s")
+        console.print(f"- {note}", markup=False)
+    console.print(f"claims: {result.status}; runtime {result.runtime_s:.1f} s")
+
+
+def checks_table(title: str, checks: list) -> Table:
+    """A claims or preconditions table that wraps (never cuts) in an 80-column terminal."""
+    table = Table(title=title, show_lines=True)
+    for name in ("name", "paper" if title == "claims" else "why needed", "ours [95% interval]", "target", "verdict"):
+        table.add_column(name, overflow="fold")
+    for c in checks:
+        verdict = f"[{VERDICT_STYLE[c.verdict]}]{VERDICT_LABEL[c.verdict]}[/]"
+        if c.reason:
+            verdict += f"\n[dim]{escape(c.reason)}[/]"
+        table.add_row(escape(c.name), escape(c.paper), f"{fmt(c.measured)}\n{fmt_interval(c.interval)}",
+                      f"{c.comparison} {fmt(c.threshold)}", verdict)
+    return table
 
 
 def cmd_run(args) -> int:
@@ -103,7 +126,7 @@ def cmd_run(args) -> int:
                             on_seed=lambda s: console.print(f"[dim]{exp.id}: seed {s}[/dim]"),
                             log=lambda line: console.print(f"[dim]{exp.id}: {line}[/dim]"))
     if args.json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     else:
         print_result(result, console)
         console.print(f"written to {run_dir(root, exp.id, cfg)}")
@@ -128,6 +151,8 @@ def cmd_reproduce(args) -> int:
             console.print(f"[red]{exp_id} crashed: {err.__class__.__name__}: {err}[/red]")
     md, page, count = write_report(root)
     console.print(f"report of {count} experiments: {md} and {page}")
+    console.rule("summary")
+    console.print(totals_line([e.result for e in find_runs(root).values() if e.result is not None]))
     if failed:
         sys.stderr.write(f"honed: error: {len(failed)} experiment(s) crashed: {', '.join(failed)}\n")
         return 1
@@ -135,6 +160,9 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
-    md, page, count = write_report(out_root(args))
-    Console().print(f"report of {count} experiments: {md} and {page}")
+    root = out_root(args)
+    md, page, count = write_report(root)
+    console = Console()
+    console.print(f"report of {count} experiments: {md} and {page}")
+    console.print(totals_line([e.result for e in find_runs(root).values() if e.result is not None]))
     return 0

@@ -13,10 +13,12 @@ def test_result_aggregates_seeds_and_computes_claims(runs):
     result = run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
     assert result.arms["ours"]["acc"]["mean"] == pytest.approx(2.0)
     assert result.arms["ours"]["acc"]["std"] == pytest.approx(1.0)
-    assert [c.passed for c in result.claims] == [True, False] and result.status == "partial"
-    assert result.claims[0].measured == pytest.approx(1.0)
+    assert [c.verdict for c in result.claims] == ["holds", "fails", "holds"]
+    assert result.status == "2 hold, 1 fail, 0 inconclusive"
+    assert result.claims[0].measured == pytest.approx(1.0) and result.claims[0].interval == (1.0, 1.0)
+    assert result.arms["ours"]["correct"]["examples"] == [10, 10, 10]
     saved = json.loads((runs / "99-toy" / "default" / "result.json").read_text())
-    assert saved["schema"] == "honed-result-v1" and saved["status"] == "partial"
+    assert saved["schema"] == "honed-result-v2" and saved["verdicts"] == {"holds": 2, "fails": 1, "inconclusive": 0}
     assert (runs / "99-toy" / "default" / "plot.png").stat().st_size > 1000
 
 
@@ -48,7 +50,7 @@ def test_resume_inside_a_seed_uses_the_cached_parts(runs):
     ToyExperiment.calls.clear()
     folder = runs / "99-toy" / "default" / "seed_0"
     folder.mkdir(parents=True)
-    (folder / "part_ours.json").write_text(json.dumps({"acc": 42.0}))
+    (folder / "part_ours.json").write_text(json.dumps({"acc": 42.0, "correct": [1.0]}))
     result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
     assert result.arms["ours"]["acc"]["mean"] == 42.0
 
@@ -79,8 +81,10 @@ def test_report_renders_tables_claims_and_plot(runs):
     run_experiment(ToyExperiment(), ToyConfig(), "small", runs, "cpu")
     md, page, count = write_report(runs)
     text = md.read_text()
-    assert count == 1 and "| gain | paper: +0.5 | >= 0.5 | 1 | PASS |" in text
-    assert "| big gain | paper: +10 | >= 10 | 1 | FAIL |" in text
+    assert count == 1 and "| gain | paper: +0.5 | 1 | [1, 1] | >= 0.5 | holds |  |" in text
+    assert "| big gain | paper: +10 | 1 | [1, 1] | >= 10 | FAILS |  |" in text
+    assert "| ours above chance | an arm at chance cannot show a gain | 0.9 |" in text
+    assert "| offset as configured | the config's offset | 1 | >= 0 | ok |" in text
     assert "2 ± 1" in text and "plot.png" in text
     assert "data:image/png;base64," in page.read_text()
 

@@ -2,12 +2,13 @@
 from dataclasses import dataclass, replace
 
 from honed.core.config import ExperimentConfig
-from honed.core.experiment import Claim, Experiment, SeedOutput
+from honed.core.experiment import Claim, Experiment, Invariant, Precondition, SeedOutput
 
 
 @dataclass(frozen=True)
 class ToyConfig(ExperimentConfig):
     offset: float = 1.0
+    chance: float = 0.1  # the precondition's bar for the per-example arm
     seeds: tuple[int, ...] = (0, 1, 2)
 
     @classmethod
@@ -31,11 +32,22 @@ class ToyExperiment(Experiment):
         if seed == ToyExperiment.fail_on_seed:
             raise RuntimeError("killed")
         ToyExperiment.calls.append(seed)
-        part = ctx.cached("ours", lambda: {"acc": seed + cfg.offset})
-        return SeedOutput(arms={"ours": part, "base": {"acc": float(seed)}}, extra={"n": seed},
+        part = ctx.cached("ours", lambda: {"acc": seed + cfg.offset,
+                                           "correct": [1.0] * 9 + [0.0]})  # 10 examples, 90% right
+        base = {"acc": float(seed), "correct": [1.0] * 5 + [0.0] * 5}
+        return SeedOutput(arms={"ours": part, "base": base}, extra={"n": seed},
                           curves={"acc": {"ours": [0.0, seed + cfg.offset], "base": [0.0, float(seed)]}})
 
     def claims(self, cfg, result):
-        gain = result.mean("ours", "acc") - result.mean("base", "acc")
-        return [Claim.check("gain", gain, ">=", 0.5, "paper: +0.5"),
-                Claim.check("big gain", gain, ">=", 10.0, "paper: +10")]
+        gain = result.metric("ours", "acc") - result.metric("base", "acc")
+        return [Claim.check("gain", gain, ">=", 0.5, "paper: +0.5", requires=()),
+                Claim.check("big gain", gain, ">=", 10.0, "paper: +10", requires=()),
+                Claim.check("correct above base", result.metric("ours", "correct") - result.metric("base", "correct"),
+                            ">", 0.0, "paper: better per example")]
+
+    def preconditions(self, cfg, result):
+        return [Precondition.check("ours above chance", result.metric("ours", "correct"), ">", cfg.chance,
+                                   "an arm at chance cannot show a gain")]
+
+    def invariants(self, cfg, result):
+        return [Invariant.check("offset as configured", cfg.offset, ">=", 0.0, "the config's offset")]

@@ -35,8 +35,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Write ``obj`` as indented strict JSON to ``path`` atomically: a non-finite float is written as
+    ``null`` (see :mod:`honed.core.strict_json`), never as a NaN / Infinity token."""
+    from honed.core.strict_json import strict
+
+    text = json.dumps(strict(obj)[0], indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def _jsonable(obj: Any) -> Any:

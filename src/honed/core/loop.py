@@ -215,6 +215,25 @@ def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     return {"accuracy": correct / n, "loss": loss / n}
 
 
+@torch.no_grad()
+def correct_per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+                        device: str | torch.device | None = None) -> list[float]:
+    """1.0 / 0.0 per example: whether ``model``'s argmax on ``x`` (N, ...) equals ``y`` (N,). Its mean is
+    the accuracy; return it as an arm's metric so claims on it get a paired bootstrap interval. Runs on
+    the model's device (``device`` overrides); restores every submodule's train/eval mode."""
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        hits = [(model(x[i:i + batch_size].to(device)).argmax(1) == y[i:i + batch_size].to(device)).float().cpu()
+                for i in range(0, len(x), batch_size)]
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return torch.cat(hits).tolist() if hits else []
+
+
 def split_accuracy(model: torch.nn.Module, split: Any, device: str | torch.device = "cpu") -> float:
     """Accuracy of ``model`` on ``split`` (anything with ``.x`` inputs and ``.y`` labels, e.g. a
     ``honed.data.Split``), as :func:`evaluate_classifier` computes it."""

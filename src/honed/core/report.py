@@ -1,43 +1,95 @@
 """Builds ``runs/report.md`` and ``runs/report.html`` from the ``result.json`` files under ``runs/``.
 
-Every number in the report is read from a result file; nothing is typed here.
+Every number in the report is read from a result file; nothing is typed here. Verdicts are recomputed
+from the stored measurements when a file is loaded (``Result.from_json``), so the report, ``honed
+list`` and ``honed run`` always agree.
 """
 import base64
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from honed.core.atomic import atomic_write_text
-from honed.core.experiment import Result
+from honed.core.experiment import SMOKE_REASON, Result, status_text
+from honed.core.evidence import VERDICTS
+
+VERDICT_LABEL = {"holds": "holds", "fails": "FAILS", "inconclusive": "inconclusive"}
+
+
+@dataclass
+class RunEntry:
+    """One experiment's newest run folder: its Result, or why there is none (interrupted, corrupt)."""
+
+    id: str
+    folder: Path
+    result: Result | None
+    problem: str = ""
+
+
+def load_result(file: Path) -> tuple[Result | None, str]:
+    """``(Result, "")`` for a readable result file, else ``(None, one-line reason)``."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"corrupt result.json ({err.__class__.__name__}); rerun with --force"
+    if not isinstance(data, dict) or "id" not in data:
+        return None, "result.json is not a honed result; rerun with --force"
+    try:
+        return Result.from_json(data), ""
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return None, f"result.json lacks fields ({err.__class__.__name__}: {err}); rerun with --force"
+
+
+def folder_state(folder: Path) -> RunEntry:
+    """What a run folder holds: a finished result, a corrupt one, or an interrupted run."""
+    exp_id = folder.parent.name
+    file = folder / "result.json"
+    if file.exists():
+        result, problem = load_result(file)
+        return RunEntry(result.id if result else exp_id, folder, result, problem)
+    seeds = len(list(folder.glob("seed_*/seed_result.json")))
+    return RunEntry(exp_id, folder, None, f"interrupted ({seeds} seed(s) finished)")
+
+
+def find_runs(root: Path) -> dict[str, RunEntry]:
+    """The newest run folder per experiment id under ``root`` (``root/ID/HASH/``): finished results
+    first; an interrupted or corrupt folder is reported only when the experiment has no finished one."""
+    best: dict[str, tuple[tuple[int, float], RunEntry]] = {}
+    for folder in sorted(Path(root).glob("*/*/")):
+        if not folder.is_dir() or not (folder / "config.json").exists() and not (folder / "result.json").exists():
+            continue
+        entry = folder_state(folder)
+        rank = (entry.result is not None, folder.stat().st_mtime)
+        if entry.id not in best or rank > best[entry.id][0]:
+            best[entry.id] = (rank, entry)
+    return {k: v[1] for k, v in sorted(best.items())}
 
 
 def find_results(root: Path) -> dict[str, tuple[Result, Path]]:
-    """The newest result per experiment id under ``root`` (``root/ID/HASH/result.json``)."""
-    best: dict[str, tuple[float, Result, Path]] = {}
-    for file in sorted(Path(root).glob("*/*/result.json")):
-        try:
-            result = Result.from_json(json.loads(file.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a foreign or partial file: listed by `honed list`, never trusted here
-        mtime = file.stat().st_mtime
-        if result.id not in best or mtime > best[result.id][0]:
-            best[result.id] = (mtime, result, file.parent)
-    return {k: (v[1], v[2]) for k, v in sorted(best.items())}
+    """The newest finished result per experiment id under ``root``."""
+    return {k: (e.result, e.folder) for k, e in find_runs(root).items() if e.result is not None}
 
 
 def fmt(value: Any) -> str:
     """A number as the report prints it (4 significant digits, scientific when tiny or huge)."""
     if value is None:
-        return "-"
+        return "n/a"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.3g}"
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_interval(interval: Any) -> str:
+    return "none" if not interval else f"[{fmt(interval[0])}, {fmt(interval[1])}]"
 
 
 def stat(s: dict) -> str:
@@ -74,86 +126,185 @@ def readable_arms_table(result: Result, max_columns: int = 10) -> tuple[list[str
     return header, rows
 
 
+CLAIMS_HEADER = ["claim", "paper", "ours", "95% interval", "target", "verdict", "why"]
+
+
 def claims_table(result: Result) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the claims table: name, paper text, target, measured, PASS/FAIL."""
-    rows = [[c.name, c.paper, f"{c.comparison} {fmt(c.threshold)}", fmt(c.measured),
-             "PASS" if c.passed else "FAIL"] for c in result.claims]
-    return ["claim", "paper", "target", "measured", "result"], rows
+    """Per claim: name, paper's figure, our value, its interval, the target, the verdict and why."""
+    rows = [[c.name, c.paper, fmt(c.measured), fmt_interval(c.interval), f"{c.comparison} {fmt(c.threshold)}",
+             VERDICT_LABEL[c.verdict], c.reason] for c in result.claims]
+    return CLAIMS_HEADER, rows
+
+
+def preconditions_table(result: Result) -> tuple[list[str], list[list[str]]]:
+    rows = [[p.name, p.paper, fmt(p.measured), fmt_interval(p.interval), f"{p.comparison} {fmt(p.threshold)}",
+             VERDICT_LABEL[p.verdict], p.reason] for p in result.preconditions]
+    return ["precondition", "why it is needed", "measured", "95% interval", "target", "verdict", "why"], rows
+
+
+def invariants_table(result: Result) -> tuple[list[str], list[list[str]]]:
+    rows = [[i.name, i.description, fmt(i.measured), f"{i.comparison} {fmt(i.threshold)}",
+             "ok" if i.holds else "BROKEN"] for i in result.invariants]
+    return ["invariant (by construction)", "what it checks", "measured", "target", "state"], rows
+
+
+def interval_methods(result: Result) -> list[str]:
+    """The distinct ways this result's intervals were computed (for a footnote)."""
+    seen: list[str] = []
+    for check in [*result.claims, *result.preconditions]:
+        if check.interval_method not in seen and check.interval_method != "none":
+            seen.append(check.interval_method)
+    return seen
+
+
+def totals(results: list[Result]) -> dict[str, int]:
+    """Verdict counts over every result (claims only), plus invariants checked and broken."""
+    counts = {v: sum(r.verdicts[v] for r in results) for v in VERDICTS}
+    counts["invariants"] = sum(len(r.invariants) for r in results)
+    counts["broken"] = sum(not i.holds for r in results for i in r.invariants)
+    return counts
+
+
+def totals_line(results: list[Result]) -> str:
+    """``"Over 3 experiments: 5 hold, 2 fail, 9 inconclusive (11 invariants, 0 broken)."``"""
+    t = totals(results)
+    return (f"Over {len(results)} experiment(s): {status_text(t)} (claims); "
+            f"{t['invariants']} invariant(s) checked, {t['broken']} broken.")
+
+
+SUMMARY_HEADER = ["id", "method", "preset", "seeds", "hold", "fail", "inconclusive", "preconditions held", "runtime (s)"]
+
+
+def summary_rows(entries: dict[str, RunEntry]) -> list[list[str]]:
+    """One row per experiment: verdict counts and preconditions held, or why it has no result."""
+    rows = []
+    for exp_id, e in entries.items():
+        r = e.result
+        if r is None:
+            rows.append([exp_id, e.problem, "-", "-", "-", "-", "-", "-", "-"])
+            continue
+        v = r.verdicts
+        held = sum(p.verdict == "holds" for p in r.preconditions)
+        rows.append([r.id, r.title, r.preset + (" (plumbing only)" if r.preset == "smoke" else ""),
+                     str(len(r.seeds)), str(v["holds"]), str(v["fails"]), str(v["inconclusive"]),
+                     f"{held}/{len(r.preconditions)}", f"{r.runtime_s:.1f}"])
+    return rows
+
+
+INTRO = ("Every figure below was measured by the run that wrote its result file. A claim **holds** when "
+         "its whole 95% interval lies on the paper's side of the target, **fails** when it lies wholly on "
+         "the other side, and is **inconclusive** otherwise: the interval straddles the target, a "
+         "precondition of the setting did not hold, the value was not finite, or the run was a smoke run "
+         "(a plumbing check). Invariants hold by construction and are never counted as claims. "
+         "docs/results.md says how each interval is computed.")
+
+
+def render_markdown(entries: dict[str, RunEntry], root: Path) -> str:
+    """The whole report as Markdown, plots linked relative to ``root``."""
+    results = [e.result for e in entries.values() if e.result is not None]
+    parts = ["# honed reproduction report", "", INTRO, "", f"**{totals_line(results)}**", ""]
+    if not entries:
+        parts += ["No runs found under this folder: run `honed run ID` or `honed reproduce` first.", ""]
+        return "\n".join(parts)
+    parts += [md_table(SUMMARY_HEADER, summary_rows(entries)), ""]
+    for e in entries.values():
+        if e.result is None:
+            parts += [f"## {e.id}", "", f"No finished result: {e.problem} (`{e.folder.relative_to(root)}`).", ""]
+            continue
+        parts += markdown_section(e.result, e.folder, root)
+    return "\n".join(parts)
+
+
+def markdown_section(result: Result, folder: Path, root: Path) -> list[str]:
+    env = result.environment
+    parts = [f"## {result.id}: {result.title}", "",
+             f"Preset `{result.preset}`, seeds {result.seeds}, runtime {result.runtime_s:.1f} s, "
+             f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads), honed source "
+             f"{env.get('honed_source', '-')}. Result: `{(folder / 'result.json').relative_to(root)}`. "
+             f"Claims: {result.status}.", ""]
+    if result.preset == "smoke":
+        parts += [f"*{SMOKE_REASON}.*", ""]
+    parts += [md_table(*readable_arms_table(result)), "", md_table(*claims_table(result)), ""]
+    if result.preconditions:
+        parts += [md_table(*preconditions_table(result)), ""]
+    if result.invariants:
+        parts += [md_table(*invariants_table(result)), ""]
+    parts += [f"- interval: {m}" for m in interval_methods(result)]
+    parts += [f"- non-finite values stored as null: {', '.join(f'{k} = {v}' for k, v in result.non_finite.items())}"] \
+        if result.non_finite else []
+    parts += [f"- {n}" for n in result.notes] + [""]
+    if (folder / "plot.png").exists():
+        parts += [f"![{result.id}]({(folder / 'plot.png').relative_to(root)})", ""]
+    return parts
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table (cells with ``|`` escaped)."""
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    """A Markdown table (cells with ``|`` escaped, newlines flattened)."""
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
 
 
-def summary_rows(results: dict[str, tuple[Result, Path]]) -> list[list[str]]:
-    """One summary row per experiment: id, title, preset, seeds, status, claims passed, runtime."""
-    return [[r.id, r.title, r.preset, str(len(r.seeds)), r.status,
-             f"{sum(c.passed for c in r.claims)}/{len(r.claims)}", f"{r.runtime_s:.1f}"]
-            for r, _ in results.values()]
-
-
-SUMMARY_HEADER = ["id", "method", "preset", "seeds", "status", "claims passed", "runtime (s)"]
-
-
-def render_markdown(results: dict[str, tuple[Result, Path]], root: Path) -> str:
-    """The whole report as Markdown, plots linked relative to ``root``."""
-    parts = ["# honed reproduction report", "",
-             "Generated by `honed report` from the result files under this folder; every figure was "
-             "measured in the run that wrote it. A FAIL means our small-scale run did not reach the "
-             "paper's claim.", "", md_table(SUMMARY_HEADER, summary_rows(results)), ""]
-    for result, folder in results.values():
-        env = result.environment
-        parts += [f"## {result.id}: {result.title}", "",
-                  f"Preset `{result.preset}`, seeds {result.seeds}, runtime {result.runtime_s:.1f} s, "
-                  f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads), honed source "
-                  f"{env.get('honed_source', '-')}. "
-                  f"Result: `{(folder / 'result.json').relative_to(root)}`.", "",
-                  md_table(*readable_arms_table(result)), "", md_table(*claims_table(result)), ""]
-        parts += [f"- {n}" for n in result.notes] + ([""] if result.notes else [])
-        if (folder / "plot.png").exists():
-            parts += [f"![{result.id}]({(folder / 'plot.png').relative_to(root)})", ""]
-    return "\n".join(parts)
+CELL_CLASSES = {"holds": "holds", "FAILS": "fails", "inconclusive": "inconclusive", "ok": "holds", "BROKEN": "fails"}
 
 
 def html_table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; each cell carries its lowercased text as CSS class (colours PASS / FAIL)."""
+    """An HTML table; verdict cells get a fixed CSS class (never text taken from a result file)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(
+            (f"<td class='{CELL_CLASSES[c]}'>" if c in CELL_CLASSES else "<td>") + html.escape(str(c)) + "</td>"
+            for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}"
        "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-       "font-size:13px}th{background:#f3f3f3}td.pass,td.passed{color:#080;font-weight:600}"
-       "td.fail,td.failed{color:#b00;font-weight:600}td.partial{color:#a60}img{max-width:100%}")
+       "font-size:13px;vertical-align:top}th{background:#f3f3f3}td.holds{color:#080;font-weight:600}"
+       "td.fails{color:#b00;font-weight:600}td.inconclusive{color:#a60}img{max-width:100%}"
+       ".totals{font-size:1.1em;font-weight:600}")
 
 
-def render_html(results: dict[str, tuple[Result, Path]]) -> str:
+def render_html(entries: dict[str, RunEntry]) -> str:
     """The whole report as one self-contained HTML page (plots inlined as base64 PNG)."""
+    results = [e.result for e in entries.values() if e.result is not None]
     parts = [f"<!doctype html><meta charset='utf-8'><title>honed report</title><style>{CSS}</style>",
-             "<h1>honed reproduction report</h1><p>Every figure below was read from a result file "
-             "written by the run that measured it.</p>", html_table(SUMMARY_HEADER, summary_rows(results))]
-    for result, folder in results.values():
-        parts += [f"<h2>{html.escape(result.id)}: {html.escape(result.title)}</h2>",
-                  f"<p>Preset {html.escape(result.preset)}, seeds {result.seeds}, runtime "
-                  f"{result.runtime_s:.1f} s.</p>", html_table(*readable_arms_table(result)),
-                  html_table(*claims_table(result))]
-        parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>"] if result.notes else []
-        png = folder / "plot.png"
-        if png.exists():
-            data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(result.id)}' src='data:image/png;base64,{data}'>")
+             "<h1>honed reproduction report</h1>", f"<p>{html.escape(INTRO.replace('**', ''))}</p>",
+             f"<p class='totals'>{html.escape(totals_line(results))}</p>"]
+    if not entries:
+        parts.append("<p>No runs found: run <code>honed run ID</code> or <code>honed reproduce</code> first.</p>")
+        return "\n".join(parts)
+    parts.append(html_table(SUMMARY_HEADER, summary_rows(entries)))
+    for e in entries.values():
+        if e.result is None:
+            parts.append(f"<h2>{html.escape(e.id)}</h2><p>No finished result: {html.escape(e.problem)}</p>")
+            continue
+        parts += html_section(e.result, e.folder)
     return "\n".join(parts)
+
+
+def html_section(result: Result, folder: Path) -> list[str]:
+    parts = [f"<h2 id='{html.escape(result.id, quote=True)}'>{html.escape(result.id)}: {html.escape(result.title)}</h2>",
+             f"<p>Preset {html.escape(result.preset)}, seeds {html.escape(str(result.seeds))}, runtime "
+             f"{result.runtime_s:.1f} s. Claims: {html.escape(result.status)}.</p>",
+             html_table(*readable_arms_table(result)), html_table(*claims_table(result))]
+    if result.preconditions:
+        parts.append(html_table(*preconditions_table(result)))
+    if result.invariants:
+        parts.append(html_table(*invariants_table(result)))
+    notes = [f"interval: {m}" for m in interval_methods(result)] + list(result.notes)
+    parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"] if notes else []
+    png = folder / "plot.png"
+    if png.exists():
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<img alt='{html.escape(result.id, quote=True)}' src='data:image/png;base64,{data}'>")
+    return parts
 
 
 def write_report(root: Path) -> tuple[Path, Path, int]:
     """Write report.md and report.html under ``root``; returns their paths and the result count."""
     root = Path(root)
-    results = find_results(root)
-    md = atomic_write_text(root / "report.md", render_markdown(results, root))
-    page = atomic_write_text(root / "report.html", render_html(results))
-    return md, page, len(results)
+    entries = find_runs(root)
+    md = atomic_write_text(root / "report.md", render_markdown(entries, root))
+    page = atomic_write_text(root / "report.html", render_html(entries))
+    return md, page, sum(e.result is not None for e in entries.values())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from honed.core.atomic import atomic_write_json
@@ -131,20 +132,46 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
 
 
 def summarise(values: list[float]) -> dict[str, Any]:
-    """mean, sample std (0 for one value) and the values themselves; NaNs propagate visibly."""
-    vals = [float(v) for v in values]
-    if any(math.isnan(v) for v in vals):
-        return {"mean": float("nan"), "std": float("nan"), "values": vals}
+    """mean, sample std (0 for one value) and the values themselves; a non-finite value makes mean
+    and std NaN (stored as null in result.json, with the reason in ``non_finite``)."""
+    vals = [math.nan if v is None else float(v) for v in values]
+    if not all(math.isfinite(v) for v in vals):
+        return {"mean": math.nan, "std": math.nan, "values": vals}
     std = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return {"mean": statistics.fmean(vals), "std": std, "values": vals}
 
 
+def split_outcomes(outputs: list[SeedOutput]) -> tuple[dict, dict]:
+    """Per arm and metric: the per-seed values and, where every seed gave a list of per-example
+    outcomes, those outcomes as arrays (the metric is then their mean)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    outcomes: dict[tuple[str, str], list[np.ndarray]] = {}
+    for arm, by_metric in outputs[0].arms.items():
+        for metric in by_metric:
+            raw = [o.arms[arm][metric] for o in outputs]
+            if all(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
+                arrays = [np.asarray([math.nan if x is None else x for x in v], dtype=float) for v in raw]
+                if any(a.size == 0 for a in arrays):
+                    raise ValueError(f"{arm}.{metric}: an empty list of per-example outcomes")
+                outcomes[(arm, metric)] = arrays
+                values[(arm, metric)] = [float(a.mean()) for a in arrays]
+            elif any(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
+                raise ValueError(f"{arm}.{metric}: per-example outcomes in some seeds and a number in others")
+            else:
+                values[(arm, metric)] = raw
+    return values, outcomes
+
+
 def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list[SeedOutput],
               device: torch.device) -> Result:
-    """Combine the seeds' outputs into a Result: per-metric mean/std, curves, claims, notes, environment."""
+    """Combine the seeds' outputs into a Result: per-metric mean/std (and example counts where per-example
+    outcomes were kept), curves, claims, preconditions, invariants, verdicts, notes, environment."""
+    values, outcomes = split_outcomes(outputs)
     arms: dict[str, dict[str, Any]] = {}
-    for arm in outputs[0].arms:
-        arms[arm] = {m: summarise([o.arms[arm][m] for o in outputs]) for m in outputs[0].arms[arm]}
+    for (arm, metric), vals in values.items():
+        arms.setdefault(arm, {})[metric] = summarise(vals)
+        if (arm, metric) in outcomes:
+            arms[arm][metric]["examples"] = [int(a.size) for a in outcomes[(arm, metric)]]
     extra: dict[str, Any] = {}
     for key in outputs[0].extra:
         vals = [o.extra.get(key) for o in outputs]
@@ -159,9 +186,12 @@ def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list
         config=to_dict(cfg), environment=environment(str(device), threads=cfg.threads or None),
         runtime_s=sum(o.runtime_s for o in outputs), method=list(exp.method),
         baselines=list(exp.baselines), arms=arms, extra=extra, curves=curves, claims=[],
-        notes=[f"reconstructed (R): {r}" for r in exp.reconstructed],
+        notes=[f"reconstructed (R): {r}" for r in exp.reconstructed], outcomes=outcomes,
     )
     result.claims = exp.claims(cfg, result)
+    result.preconditions = exp.preconditions(cfg, result)
+    result.invariants = exp.invariants(cfg, result)
+    result.rejudge()
     result.notes += exp.notes(cfg, result)
     return result
 
@@ -169,4 +199,4 @@ def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list
 def mean_curve(curves: list[list[float]]) -> list[float]:
     """Element-wise mean over seeds of equally long curves (the shortest length if they differ)."""
     n = min(len(c) for c in curves)
-    return [statistics.fmean(c[i] for c in curves) for i in range(n)]
+    return [statistics.fmean(math.nan if c[i] is None else c[i] for c in curves) for i in range(n)]
