@@ -66,7 +66,7 @@ def test_ramps_hit_one_at_end_of_rampup_and_exp_minus_12_5_at_the_end():
     assert sigmoid_rampdown(37_500 - 6_250, 37_500, 6_250) == 1.0
     assert sigmoid_rampdown(37_500, 37_500, 6_250) == pytest.approx(math.exp(-12.5))
     mt = MeanTeacher(nn.Linear(2, 2), torch.optim.Adam(nn.Linear(2, 2).parameters()), total_steps=37_500,
-                     max_consistency=2.0)
+                     max_consistency=2.0, max_lr=0.003)
     end = mt.schedule(37_500)
     assert end["lr"] == pytest.approx(0.003 * math.exp(-12.5))
     assert end["beta1"] == pytest.approx(0.9 * math.exp(-12.5) + 0.5 * (1 - math.exp(-12.5)))

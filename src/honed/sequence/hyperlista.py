@@ -36,7 +36,22 @@ def _check_matrix(A: torch.Tensor) -> torch.Tensor:
         raise InputError(f"A must be a 2-D tensor (m, n), got {getattr(A, 'shape', type(A).__name__)}")
     if not torch.isfinite(A).all():
         raise InputError("A holds NaN or infinite entries")
+    zero = torch.nonzero(A.norm(dim=0) == 0).flatten()
+    if len(zero):
+        raise InputError(f"column(s) {zero[:5].tolist()} of A are zero: every dictionary atom must be non-zero")
     return A
+
+
+UNIT_TOLERANCE = 1e-3  # float32 rounding of a normalised column is ~1e-7; real misuse is far larger
+
+
+def _check_unit_columns(A: torch.Tensor, solver: str) -> None:
+    """InputError unless every column of A has l2 norm 1 (the problem HyperLISTA's thresholds assume)."""
+    norms = A.double().norm(dim=0)
+    worst = int((norms - 1).abs().argmax())
+    if abs(float(norms[worst]) - 1) > UNIT_TOLERANCE:
+        raise InputError(f"{solver} assumes unit-norm columns of A; column {worst} has norm {float(norms[worst]):.4g} "
+                         "(normalise: A / A.norm(dim=0), and scale x by the same norms)")
 
 
 def gaussian_sensing_matrix(m: int, n: int, generator: torch.Generator | None = None,
@@ -217,11 +232,13 @@ class FISTA(ISTA):
 class ALISTA(UnrolledSolver):
     """ALISTA (baseline of HyperLISTA, arXiv:2110.15900): analytic W, trainable per-layer step gamma^k
     (init 1/L) and threshold theta^k (init tau/L), support selection p^k = min(p_per_layer (k+1), p_max):
-    x <- eta_ss(x - gamma^k W^T (A x - y); theta^k, p^k). y (B, m) -> x_hat (B, n)."""
+    x <- eta_ss(x - gamma^k W^T (A x - y); theta^k, p^k). y (B, m) -> x_hat (B, n). A must have
+    unit-norm, non-zero columns (InputError otherwise)."""
 
     def __init__(self, A: torch.Tensor, layers: int = 16, W: torch.Tensor | None = None, tau: float = 0.1,
                  p_per_layer: float = 0.012, p_max: float = 0.13) -> None:
         super().__init__(A, layers)
+        _check_unit_columns(A, "ALISTA")
         for name, value in (("p_per_layer", p_per_layer), ("p_max", p_max)):
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {value}")
@@ -242,12 +259,14 @@ class HyperLISTA(UnrolledSolver):
     beta = c_beta #{i: |x_i| > mag_ratio max|x|}; z = x - gamma W^T r + beta (x - x_prev);
     theta = c_theta gamma e; p = clip(c_p log((||A^+ y||_1 + eps) / e), 0, 1); x <- eta_ss(z; theta, p).
     y (B, m) -> x_hat (B, n). Nothing is trained: only (c_theta, c_beta, c_p) are tuned (see
-    :func:`grid_search_hyperlista`); the practical model never sees x*."""
+    :func:`grid_search_hyperlista`); the practical model never sees x*. A must have unit-norm,
+    non-zero columns (InputError otherwise)."""
 
     def __init__(self, A: torch.Tensor, layers: int = 16, c_theta: float = 5e-3, c_beta: float = 5e-3,
                  c_p: float = 0.5, W: torch.Tensor | None = None, mag_ratio: float = 0.0,
                  support_selection: bool = True) -> None:
         super().__init__(A, layers)
+        _check_unit_columns(A, "HyperLISTA")
         self.c_theta, self.c_beta, self.c_p = (check_number(c_theta, "c_theta"), check_number(c_beta, "c_beta"),
                                                check_number(c_p, "c_p"))
         if not 0.0 <= mag_ratio < 1.0:

@@ -20,6 +20,7 @@ Recognition", arXiv:2101.04859; Mean Teacher: Tarvainen & Valpola, arXiv:1703.01
 """
 import copy
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -98,6 +99,23 @@ def softmax_mse_consistency(student_logits: torch.Tensor, teacher_logits: torch.
     return diff.pow(2).mean(1).mean()
 
 
+REFERENCE_STEPS, REFERENCE_RAMPUP, REFERENCE_RAMPDOWN = 37_500, 10_000, 6_250  # A*HAR / Mean Teacher runs
+
+
+def _ramp_lengths(total_steps: int, rampup: int | None, rampdown: int | None) -> tuple[int, int]:
+    """(ramp-up, ramp-down) lengths: the reference's fractions of ``total_steps`` where not given;
+    InputError when they are not integers >= 0 or together exceed ``total_steps``."""
+    up = round(total_steps * REFERENCE_RAMPUP / REFERENCE_STEPS) if rampup is None else rampup
+    down = round(total_steps * REFERENCE_RAMPDOWN / REFERENCE_STEPS) if rampdown is None else rampdown
+    check_count(up, "rampup_steps", 0)
+    check_count(down, "rampdown_steps", 0)
+    if up + down > total_steps:
+        raise InputError(f"rampup_steps + rampdown_steps = {up} + {down} exceed total_steps = {total_steps}: "
+                         "the lr would stay near 0 for the whole run; shorten the ramps or leave them unset "
+                         "to scale them to the run")
+    return up, down
+
+
 class MeanTeacher(Callback):
     """Mean Teacher training as in A*HAR (arXiv:2101.04859) around any ``student`` and ``optimizer``.
 
@@ -107,43 +125,59 @@ class MeanTeacher(Callback):
     Schedules per step t: u = ramp-up, d = ramp-down; lr = max_lr * u * d; Adam beta1 =
     beta1 * d + beta1_after_rampdown * (1 - d) (param groups with ``betas`` only); w = max_consistency * u.
     After each optimizer step the teacher is the EMA of the student with ``ema_decay``.
+
+    The schedule follows the run: ``rampup_steps`` / ``rampdown_steps`` default to the reference's
+    10,000 / 6,250 of 37,500 steps scaled to ``total_steps`` (an explicit pair longer than the run is
+    refused), and ``max_lr`` defaults to each param group's own lr (``initial_lr`` if set, else ``lr``).
     Use ``step(x, y)`` directly, or ``train(model, data, optimizer, epochs, loss_fn=mt.loss_fn,
     callbacks=[mt])`` from ``honed.core.loop``. Evaluate ``mt.teacher``.
     """
 
     def __init__(self, student: nn.Module, optimizer: torch.optim.Optimizer, *, total_steps: int,
-                 ema_decay: float = 0.999, max_consistency: float = 100.0, rampup_steps: int = 10_000,
-                 rampdown_steps: int = 6_250, max_lr: float = 0.003, beta1: float = 0.9,
+                 ema_decay: float = 0.999, max_consistency: float = 100.0, rampup_steps: int | None = None,
+                 rampdown_steps: int | None = None, max_lr: float | None = None, beta1: float = 0.9,
                  beta1_after_rampdown: float = 0.5, ignore_index: int = IGNORE) -> None:
         check_count(total_steps, "total_steps")
-        check_count(rampup_steps, "rampup_steps", 0)
-        check_count(rampdown_steps, "rampdown_steps", 0)
+        rampup_steps, rampdown_steps = _ramp_lengths(total_steps, rampup_steps, rampdown_steps)
         check_number(max_consistency, "max_consistency")
-        check_number(max_lr, "max_lr", strict=True)
+        if max_lr is not None:
+            check_number(max_lr, "max_lr", strict=True)
         if not 0.0 <= ema_decay <= 1.0:
             raise InputError(f"ema_decay must lie in [0, 1], got {ema_decay}")
+        if ema_decay < 1.0 and 1.0 / (1.0 - ema_decay) > total_steps:
+            warnings.warn(f"ema_decay={ema_decay} averages the teacher over ~{1.0 / (1.0 - ema_decay):.0f} steps, "
+                          f"more than total_steps={total_steps}: the teacher will lag the student (the card's "
+                          "0.999 is for 37,500 steps)", stacklevel=2)
         self.student, self.optimizer = student, optimizer
         self.teacher = copy.deepcopy(student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.total_steps, self.ema_decay, self.max_consistency = total_steps, ema_decay, max_consistency
         self.rampup_steps, self.rampdown_steps, self.max_lr = rampup_steps, rampdown_steps, max_lr
+        self.base_lrs = [float(max_lr if max_lr is not None else g.setdefault("initial_lr", g["lr"]))
+                         for g in optimizer.param_groups]
         self.beta1, self.beta1_after_rampdown, self.ignore_index = beta1, beta1_after_rampdown, ignore_index
         self.steps = 0
         self._teacher_logits: torch.Tensor | None = None
         self.last: dict[str, float] = {}
 
     def schedule(self, step: int) -> dict[str, float]:
-        """lr, Adam beta1 and consistency weight at optimizer step ``step``."""
-        up = sigmoid_rampup(step, self.rampup_steps)
+        """lr (of the first param group), Adam beta1 and consistency weight at optimizer step ``step``."""
+        factor = self.lr_factor(step)
         down = sigmoid_rampdown(step, self.total_steps, self.rampdown_steps)
-        return {"lr": self.max_lr * up * down, "beta1": self.beta1 * down + self.beta1_after_rampdown * (1 - down),
-                "consistency_weight": self.max_consistency * up}
+        return {"lr": self.base_lrs[0] * factor,
+                "beta1": self.beta1 * down + self.beta1_after_rampdown * (1 - down),
+                "consistency_weight": self.max_consistency * sigmoid_rampup(step, self.rampup_steps)}
+
+    def lr_factor(self, step: int) -> float:
+        """u(t) * d(t): the fraction of each group's maximum lr used at optimizer step ``step``."""
+        return sigmoid_rampup(step, self.rampup_steps) * sigmoid_rampdown(step, self.total_steps,
+                                                                        self.rampdown_steps)
 
     def _apply_schedule(self) -> None:
-        sched = self.schedule(self.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = sched["lr"]
+        sched, factor = self.schedule(self.steps), self.lr_factor(self.steps)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
             if "betas" in group:
                 group["betas"] = (sched["beta1"], group["betas"][1])
         self.last = dict(sched)
