@@ -17,7 +17,8 @@ import torch
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.evidence import Apply, Stat
+from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
 from honed.sequence.hyperlista import (ALISTA, FISTA, ISTA, HyperLISTA, analytic_weight, gaussian_sensing_matrix,
                                        generalized_coherence, grid_search_hyperlista, measure, nmse_db,
                                        sample_sparse_signals)
@@ -37,12 +38,13 @@ UNSEEN = tuple(s for s in SETTINGS if s != "seen")
 
 @dataclass(frozen=True)
 class HyperLISTAConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset (m=125, n=250, K=16, train 8k, test 2k per setting). The grid
-    ranges are log-spaced and wider than the reference's linspace(1e-3, 1e-2) (whose argmin sat on its
-    upper c_theta edge at this size): they were chosen on a training batch of a separate seed (100),
-    never on test data."""
+    """Defaults are the ``small`` preset (m=125, n=250, K=16, train 8k, test 2k per setting, 3 seeds so
+    the intervals cover the draw of A and the training as well as the test instances; one seed measured
+    about 1 min of CPU time, 4 min wall on the shared 2-core machine). The grid ranges are log-spaced and
+    wider than the reference's linspace(1e-3, 1e-2) (whose argmin sat on its upper c_theta edge at this
+    size): they were chosen on a training batch of a separate seed (100), never on test data."""
 
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1
     m: int = 125
     n: int = 250
@@ -64,7 +66,7 @@ class HyperLISTAConfig(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> "HyperLISTAConfig":
-        return replace(cls(), m=50, n=100, layers=8, train_size=1024, test_size=512, alista_steps=60,
+        return replace(cls(), seeds=(0,), m=50, n=100, layers=8, train_size=1024, test_size=512, alista_steps=60,
                        alista_batch=128, grid_batch=128, grid_points=5)
 
     @classmethod
@@ -99,13 +101,27 @@ def make_problem(cfg: HyperLISTAConfig, seed: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def layer_curves(solver: torch.nn.Module, tests: dict) -> dict[str, list[float]]:
-    """NMSE (dB) after each layer, per test setting."""
-    out = {}
+def layer_curves(solver: torch.nn.Module, tests: dict) -> dict[str, Any]:
+    """Per test setting: NMSE (dB) after each layer (``curves``) and, after the last layer, each test
+    instance's squared error over the setting's mean signal energy (``final``: ||x^K_i - x*_i||^2 /
+    mean_j ||x*_j||^2, whose mean is the setting's linear NMSE, so arms compare instance by instance)."""
+    curves, final = {}, {}
     for name, (y, x) in tests.items():
         _, iterates = solver(y, return_iterates=True)
-        out[name] = [nmse_db(it, x) for it in iterates]
-    return out
+        curves[name] = [nmse_db(it, x) for it in iterates]
+        energy = (x ** 2).sum(dim=1).mean()
+        final[name] = (((iterates[-1] - x) ** 2).sum(dim=1) / energy).tolist()
+    return {"curves": curves, "final": final}
+
+
+def decibels(stat: Stat) -> Stat:
+    """10 log10 of a statistic (the linear NMSE of an arm -> its NMSE in dB)."""
+    return 10 * Apply(np.log10, (stat,), "log10")
+
+
+def at_most(stat: Stat, bound: float) -> Stat:
+    """1 where ``stat <= bound`` else 0 (a per-replicate indicator, summed to count settings)."""
+    return Apply(lambda v: (np.asarray(v) <= bound).astype(float), (stat,), f"<={bound:g}")
 
 
 def train_alista(cfg: HyperLISTAConfig, problem: dict, seed: int) -> dict[str, Any]:
@@ -123,7 +139,7 @@ def train_alista(cfg: HyperLISTAConfig, problem: dict, seed: int) -> dict[str, A
         loss.backward()
         opt.step()
         sched.step()
-    return {"curves": layer_curves(model, problem["tests"]), "final_train_loss": float(loss.detach()),
+    return {**layer_curves(model, problem["tests"]), "final_train_loss": float(loss.detach()),
             "gamma": model.gamma.tolist(), "theta": model.theta.tolist(), "time_s": time.perf_counter() - start}
 
 
@@ -137,7 +153,7 @@ def tune_hyperlista(cfg: HyperLISTAConfig, problem: dict) -> dict[str, Any]:
     edges = [name for name, grid, value in zip(("c_theta", "c_beta", "c_p"), found.grid,
                                                (found.c_theta, found.c_beta, found.c_p))
              if len(grid) > 1 and value in (grid[0], grid[-1])]
-    return {"curves": layer_curves(model, problem["tests"]), "c_theta": found.c_theta, "c_beta": found.c_beta,
+    return {**layer_curves(model, problem["tests"]), "c_theta": found.c_theta, "c_beta": found.c_beta,
             "c_p": found.c_p, "grid_loss_min": float(found.loss.min()), "argmin_on_grid_edge": edges,
             "time_s": time.perf_counter() - start}
 
@@ -178,13 +194,13 @@ class HyperLISTAExperiment(Experiment):
         problem = make_problem(cfg, seed)
         A = problem["A"]
         results = {
-            "ista": ctx.cached("ista", lambda: {"curves": layer_curves(ISTA(A, cfg.layers, cfg.tau), problem["tests"])}),
-            "fista": ctx.cached("fista", lambda: {"curves": layer_curves(FISTA(A, cfg.layers, cfg.tau),
-                                                                         problem["tests"])}),
+            "ista": ctx.cached("ista", lambda: layer_curves(ISTA(A, cfg.layers, cfg.tau), problem["tests"])),
+            "fista": ctx.cached("fista", lambda: layer_curves(FISTA(A, cfg.layers, cfg.tau), problem["tests"])),
             "alista": ctx.cached("alista", lambda: train_alista(cfg, problem, seed)),
             "hyperlista": ctx.cached("hyperlista", lambda: tune_hyperlista(cfg, problem)),
         }
-        arms = {arm: {f"nmse_{s}": results[arm]["curves"][s][-1] for s in SETTINGS} for arm in ARMS}
+        arms = {arm: {**{f"nmse_{s}": results[arm]["final"][s] for s in SETTINGS},
+                      **{f"nmse_db_{s}": results[arm]["curves"][s][-1] for s in SETTINGS}} for arm in ARMS}
         curves = {f"NMSE dB {s}": {arm: results[arm]["curves"][s] for arm in ARMS} for s in SETTINGS}
         hyper = results["hyperlista"]
         extra = {"hyperlista_constants": {k: hyper[k] for k in ("c_theta", "c_beta", "c_p")},
@@ -196,33 +212,44 @@ class HyperLISTAExperiment(Experiment):
         return SeedOutput(arms=arms, extra=extra, curves=curves)
 
     def claims(self, cfg: HyperLISTAConfig, result: Any) -> list[Claim]:
-        mean = result.mean
-        wins = sum(mean("hyperlista", f"nmse_{s}") <= mean("alista", f"nmse_{s}") for s in UNSEEN)
+        db = lambda arm, s: decibels(result.metric(arm, f"nmse_{s}"))  # noqa: E731
+        trained = ("alista trained beyond fista",)
+        gaps = {s: db("hyperlista", s) - db("alista", s) for s in SETTINGS}
+        wins = sum((at_most(gaps[s], 0.0) for s in UNSEEN[1:]), at_most(gaps[UNSEEN[0]], 0.0))
         return [
-            Claim.check("seen_hyperlista_minus_alista_db",
-                        mean("hyperlista", "nmse_seen") - mean("alista", "nmse_seen"), "<=", 2.0,
+            Claim.check("seen: hyperlista - alista NMSE (dB)", gaps["seen"], "<=", 2.0,
                         "card: HyperLISTA final NMSE within ~2 dB of ALISTA on the seen distribution",
-                        metric="nmse_seen"),
-            Claim.check("unseen_settings_hyperlista_at_least_alista", wins, ">=", 3,
-                        "card: equal or better on >= 3 of 5 unseen settings", metric="nmse_unseen"),
-            Claim.check("seen_ista_minus_alista_db",
-                        mean("ista", "nmse_seen") - mean("alista", "nmse_seen"), ">=", 15.0,
-                        f"card: ALISTA >= 15 dB better than ISTA at K={cfg.layers}", metric="nmse_seen"),
-            Claim.check("seen_ista_minus_hyperlista_db",
-                        mean("ista", "nmse_seen") - mean("hyperlista", "nmse_seen"), ">=", 15.0,
-                        f"card: HyperLISTA >= 15 dB better than ISTA at K={cfg.layers}", metric="nmse_seen"),
+                        metric="nmse_seen", requires=trained),
+            *[Claim.check(f"unseen {s}: hyperlista - alista NMSE (dB)", gaps[s], "<=", 0.0,
+                          "card: HyperLISTA equal or better than ALISTA on unseen distributions",
+                          metric=f"nmse_{s}", requires=trained) for s in UNSEEN],
+            Claim.check("unseen settings where hyperlista <= alista (of 5)", wins, ">=", 3,
+                        "card: equal or better on >= 3 of 5 unseen settings (the count is bootstrapped with "
+                        "the test instances)", metric="nmse_unseen", requires=trained),
+            Claim.check("seen: ista - alista NMSE (dB)", db("ista", "seen") - db("alista", "seen"), ">=", 15.0,
+                        f"card: ALISTA >= 15 dB better than ISTA at K={cfg.layers}", metric="nmse_seen", requires=()),
+            Claim.check("seen: ista - hyperlista NMSE (dB)", db("ista", "seen") - db("hyperlista", "seen"), ">=",
+                        15.0, f"card: HyperLISTA >= 15 dB better than ISTA at K={cfg.layers}", metric="nmse_seen",
+                        requires=()),
         ]
+
+    def preconditions(self, cfg: HyperLISTAConfig, result: Any) -> list[Precondition]:
+        db = lambda arm: decibels(result.metric(arm, "nmse_seen"))  # noqa: E731
+        return [Precondition.check(
+            "alista trained beyond fista", db("fista") - db("alista"), ">", 0.0,
+            "'HyperLISTA matches ALISTA' means something only if ALISTA's learned steps and thresholds beat "
+            "the untrained FISTA on its own training distribution (an under-trained ALISTA is easy to match)")]
 
     def notes(self, cfg: HyperLISTAConfig, result: Any) -> list[str]:
         mean = result.mean
-        table = "; ".join(f"{s}: " + ", ".join(f"{a} {mean(a, f'nmse_{s}'):.1f}" for a in ARMS) for s in SETTINGS)
+        table = "; ".join(f"{s}: " + ", ".join(f"{a} {mean(a, f'nmse_db_{s}'):.1f}" for a in ARMS) for s in SETTINGS)
         lines = [f"final-layer NMSE (dB, K={cfg.layers}) per setting: {table}."]
         per_seed = result.extra.get("hyperlista_constants", {}).get("values", [])
         edges = result.extra.get("hyperlista_argmin_on_grid_edge", {}).get("values", [])
         for seed, consts, edge in zip(result.seeds, per_seed, edges):
             lines.append(f"seed {seed}: grid search chose " + ", ".join(f"{k} {v:.4g}" for k, v in consts.items())
                          + (f" (on the grid edge of {', '.join(edge)})" if edge else " (inside the grid)") + ".")
-        gap = mean("hyperlista", "nmse_seen") - mean("alista", "nmse_seen")
+        gap = mean("hyperlista", "nmse_db_seen") - mean("alista", "nmse_db_seen")
         if gap > 2.0:
             gammas = [g for run in result.extra.get("alista_gamma", {}).get("values", []) for g in run]
             ratio = sum(gammas) / len(gammas) * result.extra["lipschitz"]["mean"] if gammas else float("nan")
