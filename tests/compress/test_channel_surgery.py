@@ -1,28 +1,17 @@
 """Physical channel removal: the pruned network computes what the masked one did, MACs match a hand
-count, residual streams stay shape-consistent, unsupported layers are named."""
+count, residual streams stay shape-consistent, layers that cannot be sliced keep their channels and are
+named."""
 import pytest
 import torch
 from torch import nn
 
 from honed.compress.channel_surgery import (channel_importance, find_channel_groups, fold_channel_scale,
                                             keep_top, layer_costs, macs_from_counts, remove_channels,
-                                            uniform_keep_for_macs)
+                                            trace_channels, uniform_keep_for_macs)
 from honed.core.errors import InputError
 from honed.core.measure import count_macs
 from honed.models import create_model
-
-
-def _settle(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Give BN non-trivial running statistics and affine parameters, then switch to eval."""
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
+from tests.compress.user_models import settle
 
 
 def _random_keep(groups, gen):
@@ -52,8 +41,8 @@ MODELS = [
 @pytest.mark.parametrize("name,kw", MODELS)
 def test_pruned_model_equals_masked_model(name, kw):
     x = torch.rand(6, kw["in_channels"], 12, 12)
-    model = _settle(create_model(name, **kw), x)
-    groups = find_channel_groups(model)
+    model = settle(create_model(name, **kw), x)
+    groups = find_channel_groups(model, x[:1])
     keep = _random_keep(groups, torch.Generator().manual_seed(0))
     _mask_groups(model, groups, keep)
     with torch.no_grad():
@@ -62,26 +51,30 @@ def test_pruned_model_equals_masked_model(name, kw):
         out = pruned(x)
     assert torch.allclose(out, masked, atol=1e-5)
     for g in groups:  # the removed channels are really gone
-        conv = pruned.get_submodule(g.producers[0].conv)
+        conv = pruned.get_submodule(g.producers[0].layer)
         assert conv.out_channels == len(keep[g.name]) == conv.weight.shape[0]
 
 
 def test_resnet_groups_share_residual_streams():
     model = create_model("resnet_s", in_channels=1, widths=(8, 12, 20), blocks_per_stage=2)
-    groups = {g.name: g for g in find_channel_groups(model)}
-    assert set(groups) == {"stream0", "stream1", "stream2"} | {f"stages.{s}.{b}.inner" for s in range(3) for b in range(2)}
-    assert {p.conv for p in groups["stream1"].producers} == {"stages.1.0.shortcut.0", "stages.1.0.conv2", "stages.1.1.conv2"}
-    assert {c.layer for c in groups["stream1"].consumers} == {"stages.1.1.conv1", "stages.2.0.conv1", "stages.2.0.shortcut.0"}
-    assert {c.layer for c in groups["stream2"].consumers} == {"stages.2.1.conv1", "head"}
-    assert [p.conv for p in groups["stream0"].producers] == ["stem.0", "stages.0.0.conv2", "stages.0.1.conv2"]
+    groups = {g.name: g for g in find_channel_groups(model, torch.rand(1, 1, 16, 16))}
+    streams = {"stem.0", "stages.1.0.conv2", "stages.2.0.conv2"}
+    assert set(groups) == streams | {f"stages.{s}.{b}.conv1" for s in range(3) for b in range(2)}
+    stream1 = groups["stages.1.0.conv2"]
+    assert {p.layer for p in stream1.producers} == {"stages.1.0.shortcut.0", "stages.1.0.conv2", "stages.1.1.conv2"}
+    assert {p.norm for p in stream1.producers} == {"stages.1.0.shortcut.1", "stages.1.0.bn2", "stages.1.1.bn2"}
+    assert {c.layer for c in stream1.consumers} == {"stages.1.1.conv1", "stages.2.0.conv1", "stages.2.0.shortcut.0"}
+    assert {c.layer for c in groups["stages.2.0.conv2"].consumers} == {"stages.2.1.conv1", "head"}
+    assert [p.layer for p in groups["stem.0"].producers] == ["stem.0", "stages.0.0.conv2", "stages.0.1.conv2"]
 
 
 def test_residual_shapes_line_up_after_surgery_with_different_widths():
-    model = _settle(create_model("resnet_s", in_channels=1, widths=(8, 12, 20), blocks_per_stage=2),
+    model = settle(create_model("resnet_s", in_channels=1, widths=(8, 12, 20), blocks_per_stage=2),
                     torch.rand(4, 1, 16, 16))
-    groups = find_channel_groups(model)
-    keep = {"stream0": torch.tensor([1, 4, 6]), "stream1": torch.tensor([0, 11]), "stream2": torch.arange(0, 20, 3),
-            "stages.0.0.inner": torch.tensor([2]), "stages.1.1.inner": torch.arange(5)}
+    groups = find_channel_groups(model, torch.rand(1, 1, 16, 16))
+    keep = {"stem.0": torch.tensor([1, 4, 6]), "stages.1.0.conv2": torch.tensor([0, 11]),
+            "stages.2.0.conv2": torch.arange(0, 20, 3), "stages.0.0.conv1": torch.tensor([2]),
+            "stages.1.1.conv1": torch.arange(5)}
     pruned = remove_channels(model, groups, keep)
     for stage in pruned.stages:
         for block in stage:
@@ -104,7 +97,7 @@ def _tiny_stack() -> nn.Sequential:
 
 def test_macs_of_pruned_tiny_stack_match_hand_count():
     model, x = _tiny_stack().eval(), torch.rand(1, 1, 5, 5)
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, x)
     assert [(g.name, g.channels) for g in groups] == [("0", 4), ("3", 6)]
     assert groups[1].consumers[0].features_per_channel == 4
     costs = layer_costs(model, groups, x)
@@ -119,7 +112,7 @@ def test_macs_of_pruned_tiny_stack_match_hand_count():
 def test_linear_after_flatten_keeps_channel_major_columns():
     model = _tiny_stack().eval()
     x = torch.rand(3, 1, 5, 5)
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, x[:1])
     keep = {"3": torch.tensor([1, 4])}
     weight = model[7].weight.detach().clone()
     mask = torch.zeros(6)
@@ -134,9 +127,9 @@ def test_linear_after_flatten_keeps_channel_major_columns():
 
 
 def test_fold_channel_scale_into_bn_and_into_biased_conv():
-    model = _settle(_tiny_stack(), torch.rand(4, 1, 5, 5))
+    model = settle(_tiny_stack(), torch.rand(4, 1, 5, 5))
     x = torch.rand(3, 1, 5, 5)
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, x[:1])
     s0, s1 = torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.tensor([1.0, 0.0, 2.0, 0.5, 1.5, 4.0])
     with torch.no_grad():
         h = model[1](model[0](x)) * s0.view(1, -1, 1, 1)
@@ -149,33 +142,45 @@ def test_fold_channel_scale_into_bn_and_into_biased_conv():
         fold_channel_scale(model, groups[0], torch.ones(3))
 
 
-def test_unsupported_layer_is_named():
+def test_layers_that_cannot_be_sliced_keep_their_channels_and_are_named():
+    x = torch.rand(1, 1, 8, 8)
     bad = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Conv2d(4, 4, 3))
-    with pytest.raises(InputError, match=r"'1' \(GroupNorm"):
-        find_channel_groups(bad)
-    depthwise = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=4))
-    with pytest.raises(InputError, match=r"'1' \(Conv2d, groups=4"):
-        find_channel_groups(depthwise)
+    trace = trace_channels(bad, x)
+    assert trace.groups == [] and "'1' (GroupNorm)" in trace.frozen["0"]
+    assert "model output" in trace.frozen["3"]
+    grouped = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 2, 1))
+    assert "grouped conv (groups=2)" in trace_channels(grouped, x).frozen["0"]
     resnet = create_model("resnet_s", in_channels=1, widths=(8, 8, 8), blocks_per_stage=1)
-    resnet.stages[1][0].conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
-    with pytest.raises(InputError, match=r"'stages\.1\.0\.conv2'"):
-        find_channel_groups(resnet)
-    resnet.stages[1][0].conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-    resnet.stages[2][0].bn1 = nn.LayerNorm(8)
-    with pytest.raises(InputError, match=r"'stages\.2\.0\.bn1' \(LayerNorm"):
-        find_channel_groups(resnet)
+    resnet.stages[2][0].bn1 = nn.LayerNorm([8, 2, 2])
+    trace = trace_channels(resnet, x)
+    assert "'stages.2.0.bn1' (LayerNorm)" in trace.frozen["stages.2.0.conv1"]
+    assert "stages.1.0.conv1" in {g.name for g in trace.groups}  # the rest still prunes
 
     class Custom(nn.Module):
         def forward(self, x):
             return x
 
-    with pytest.raises(InputError, match="Custom"):
-        find_channel_groups(Custom())
+    assert trace_channels(Custom(), x).groups == []
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            if x.shape[1] != 1:
+                raise ValueError("one channel")
+            return self.conv(x)
+
+    with pytest.raises(InputError, match="torch.fx"):
+        trace_channels(Untraceable(), x)
+    with pytest.raises(InputError, match="batch dimension"):
+        trace_channels(bad, torch.rand(8))
 
 
 def test_bad_keep_sets_are_refused():
     model = _tiny_stack()
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, torch.rand(1, 1, 5, 5))
     for bad in (torch.tensor([], dtype=torch.long), torch.tensor([0, 4]), torch.tensor([1, 1])):
         with pytest.raises(InputError, match="keep-set of group '0'"):
             remove_channels(model, groups, {"0": bad})
@@ -187,7 +192,7 @@ def test_l1_importance_and_equal_macs_keep_sets():
     model = _tiny_stack()
     with torch.no_grad():
         model[0].weight.copy_(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3) * torch.tensor([1, -1, 1]).view(1, 1, 1, 3))
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, torch.rand(1, 1, 5, 5))
     score = channel_importance(model, groups[0], "l1")
     assert torch.allclose(score, torch.tensor([0.0, 9.0, 18.0, 27.0]))
     assert keep_top({"a": torch.tensor([3.0, 1.0, 2.0, 0.0])}, 0.5)["a"].tolist() == [0, 2]

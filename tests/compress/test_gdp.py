@@ -1,4 +1,6 @@
-"""GDP: smoothed L0 by hand, schedules, exact export (fold + removal), bilinear MACs vs the real count."""
+"""GDP: smoothed L0 by hand, schedules, exact export (fold + removal), bilinear MACs vs the real count,
+the plain-loop API (penalty + step), checkpoints of the un-gated and of the old gated layout."""
+import copy
 import math
 
 import pytest
@@ -8,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from honed.compress.gdp import GDP, ChannelGate, Gated, GDPSchedule, smoothed_l0
+from honed.compress.gdp import GDP, ChannelGate, GDPSchedule, smoothed_l0
+from honed.compress.gdp_gates import attached_gates
 from honed.core.errors import ConfigError, InputError
 from honed.core.measure import count_macs
 from honed.models import create_model
@@ -47,7 +50,7 @@ def test_smoothed_l0_and_schedule_refuse_bad_input():
         GDPSchedule(target_macs=0.0)
     with pytest.raises(ConfigError, match="eps_end"):
         GDPSchedule(eps_start=1e-3, eps_end=1e-2)
-    with pytest.raises(InputError, match=r"\(N, 4, H, W\)"):
+    with pytest.raises(InputError, match=r"\(N, 4, \.\.\.\)"):
         ChannelGate(4)(torch.ones(2, 3, 5, 5))
 
 
@@ -82,16 +85,19 @@ def _set_gates(gdp: GDP, zero_fraction: float, seed: int = 0):
             gate.gate.copy_(value)
 
 
-def test_gates_are_inserted_after_every_bn_and_shared_along_streams():
+def test_gates_sit_after_every_bn_shared_along_streams_and_leave_the_model_layout_alone():
     model, x = _settled_resnet()
+    keys, params = list(model.state_dict()), list(model.parameters())
     gdp = GDP(model, x[:1])
     assert len(gdp.gates) == 9  # 3 streams + 6 inner groups
-    assert isinstance(model.stem[1], Gated) and isinstance(model.stages[0][1].bn2, Gated)
-    assert model.stem[1].gate is model.stages[0][0].bn2.gate is model.stages[0][1].bn2.gate
-    assert model.stages[1][0].shortcut[1].gate is model.stages[1][1].bn2.gate
-    assert model.stages[1][0].bn1.gate is not model.stages[1][1].bn1.gate
+    sites = {p.site: gate for g, gate in zip(gdp.groups, gdp.gates) for p in g.producers}
+    assert set(attached_gates(model)) == set(sites)
+    assert "stem.1" in sites and "stages.0.1.bn2" in sites and "stages.1.0.shortcut.1" in sites
+    assert sites["stem.1"] is sites["stages.0.0.bn2"] is sites["stages.0.1.bn2"]
+    assert sites["stages.1.0.shortcut.1"] is sites["stages.1.1.bn2"]
+    assert sites["stages.1.0.bn1"] is not sites["stages.1.1.bn1"]
+    assert list(model.state_dict()) == keys and list(model.parameters()) == params  # gates live in GDP
     assert {id(p) for p in gdp.gate_parameters()}.isdisjoint(id(p) for p in gdp.weight_parameters())
-    assert len(gdp.gate_parameters()) + len(gdp.weight_parameters()) == len(list(model.parameters()))
 
 
 def test_folded_gates_leave_outputs_unchanged():
@@ -102,7 +108,8 @@ def test_folded_gates_leave_outputs_unchanged():
         gated = model(x)
         exported = gdp.export().eval()
         out = exported(x)
-    assert not any(isinstance(m, (Gated, ChannelGate)) for m in exported.modules())
+    assert not any(isinstance(m, ChannelGate) for m in exported.modules()) and attached_gates(exported) == []
+    assert attached_gates(model)  # the gated model keeps its gates
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in gdp.weight_parameters())
     assert torch.allclose(out, gated, atol=1e-5)
 
@@ -145,7 +152,7 @@ def test_threshold_counts_tiny_gates_as_zero():
     with torch.no_grad():
         gdp.gates[0].gate.copy_(torch.tensor([2.0, 1e-5, 3e-4, 0.0, 1.0, -2e-4, 1.0, 1.0]))
     assert gdp.alive()[0].tolist() == [True, False, True, False, True, False, True, True]
-    assert gdp.keep_sets()["stream0"].tolist() == [0, 2, 4, 6, 7]
+    assert gdp.keep_sets()["stem.0"].tolist() == [0, 2, 4, 6, 7]
 
 
 def test_sparsity_regularizer_matches_hand_computation():
@@ -190,35 +197,121 @@ def test_short_gdp_training_reaches_exact_zeros_and_exports_exactly():
     model = create_model("cnn", channels=(8, 12), hidden=16)
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
     gdp = GDP(model, x[:1], GDPSchedule(target_macs=0.3, lambda_init=5.0, lambda_lr=1.0, lambda_every=2))
-    opt = torch.optim.SGD([{"params": gdp.weight_parameters()}, {"params": gdp.gate_parameters(), "lr": 1.0}],
-                          lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # gates are not model parameters
     from honed.core.loop import train
 
     train(model, [(x, y)] * 8, opt, 4, loss_fn=gdp.loss(F.cross_entropy), callbacks=[gdp.callback()], progress=False)
     zeros = sum(int((g.gate == 0).sum()) for g in gdp.gates)
     assert zeros > 0 and gdp.hard_macs() < gdp.dense_macs
-    assert len(gdp.trace["hard_macs_fraction"]) == 4
+    assert len(gdp.trace["hard_macs_fraction"]) == 4 and gdp.step_count == 32 == gdp.steps
     model.eval()
     with torch.no_grad():
         assert torch.allclose(gdp.export().eval()(x), model(x), atol=1e-5)
+
+
+def test_plain_loop_step_matches_the_callback_run():
+    def run(plain: bool):
+        torch.manual_seed(0)
+        model = create_model("cnn", channels=(6, 8), hidden=12)
+        x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+        gdp = GDP(model, x[:1], GDPSchedule(target_macs=0.4, lambda_init=2.0), steps=6 if plain else None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if plain:
+            for _ in range(6):
+                loss = F.cross_entropy(model(x), y) + gdp.penalty()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                gdp.step()
+        else:
+            from honed.core.loop import train
+
+            train(model, [(x, y)], opt, 6, loss_fn=gdp.loss(F.cross_entropy), callbacks=[gdp.callback()],
+                  progress=False)
+        return torch.cat([g.detach() for g in gdp.gate_parameters()]), gdp.lam
+
+    (g_plain, lam_plain), (g_loop, lam_loop) = run(True), run(False)
+    assert torch.allclose(g_plain, g_loop, atol=1e-6) and lam_plain == pytest.approx(lam_loop)
+    assert not torch.equal(g_plain, torch.ones_like(g_plain))  # the gates did move
+
+
+def test_step_refuses_unknown_steps_and_nonfinite_gradients_leaving_gates_alone():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    gdp = GDP(model, torch.rand(1, 1, 5, 5))
+    with pytest.raises(InputError, match="steps=N"):
+        gdp.step()
+    gdp.steps = 10
+    gdp.gates[0].gate.grad = torch.tensor([0.1, float("nan"), 0.0, 0.0])
+    before = gdp.gates[0].gate.detach().clone()
+    with pytest.raises(InputError, match="NaN"):
+        gdp.step()
+    assert torch.equal(gdp.gates[0].gate.detach(), before) and gdp.step_count == 0
+    with pytest.raises(InputError, match="steps"):
+        GDP(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), torch.rand(1, 1, 5, 5), steps=0)
 
 
 def test_unsupported_model_is_refused_naming_the_layer():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4), nn.Conv2d(4, 4, 3))
     with pytest.raises(InputError, match=r"'1' \(InstanceNorm2d"):
         GDP(model, torch.rand(1, 1, 8, 8))
+    assert attached_gates(model) == []
 
 
-def test_enforce_target_zeroes_the_weakest_gates_until_the_macs_fit():
+def test_a_second_gdp_on_the_same_model_is_refused_until_the_first_is_removed():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    first = GDP(model, torch.rand(1, 1, 5, 5))
+    with pytest.raises(InputError, match="already carries GDP gates"):
+        GDP(model, torch.rand(1, 1, 5, 5))
+    first.remove()
+    assert attached_gates(model) == []
+    GDP(model, torch.rand(1, 1, 5, 5))
+
+
+def test_checkpoints_of_the_plain_model_and_of_the_old_gated_layout_load():
+    model, x = _settled_resnet(widths=(4, 6, 8))
+    plain = copy.deepcopy(model.state_dict())
+    gdp = GDP(model, x[:1])
+    model.load_state_dict(plain)  # a checkpoint of the un-gated model, strict
+    old = {}  # honed's earlier layout: <site>.inner.<key> and <site>.gate.gate
+    sites = {p.site: gate for g, gate in zip(gdp.groups, gdp.gates) for p in g.producers}
+    for key, value in plain.items():
+        site = key.rpartition(".")[0]
+        old[f"{site}.inner.{key.rpartition('.')[2]}" if site in sites else key] = value.clone()
+    for site, gate in sites.items():
+        old[f"{site}.gate.gate"] = torch.full_like(gate.gate, 0.5)
+    old["stem.1.inner.weight"] = torch.full_like(plain["stem.1.weight"], 2.0)
+    model.load_state_dict(old)
+    assert torch.equal(model.stem[1].weight, torch.full_like(plain["stem.1.weight"], 2.0))
+    assert all(torch.equal(g.detach(), torch.full_like(g, 0.5)) for g in gdp.gate_parameters())
+
+
+def test_gdp_state_round_trips_and_refuses_a_foreign_state():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    gdp = GDP(model, torch.rand(1, 1, 5, 5), steps=3)
+    with torch.no_grad():
+        gdp.gates[0].gate.copy_(torch.tensor([1.0, 0.0, 0.3, 2.0]))
+    gdp.lam = 0.7
+    state = gdp.state_dict()
+    other = GDP(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)),
+                torch.rand(1, 1, 5, 5))
+    other.load_state_dict(state)
+    assert torch.equal(other.gates[0].gate.detach(), gdp.gates[0].gate.detach()) and other.lam == 0.7
+    with pytest.raises(InputError, match="shapes"):
+        other.load_state_dict({"gates": [torch.ones(3)]})
+
+
+def test_enforce_target_zeroes_the_weakest_gates_until_the_macs_fit_and_warns():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
     gdp = GDP(model, torch.rand(1, 1, 5, 5), GDPSchedule(target_macs=0.5))  # MACs = 99 n of 396
     with torch.no_grad():
         gdp.gates[0].gate.copy_(torch.tensor([1.0, 0.1, -0.05, 2.0]))
-    assert gdp.enforce_target() == 2  # 4 -> 2 channels: the two of smallest |g|
+    with pytest.warns(UserWarning, match="zeroed 2 of 4 channel gates"):
+        assert gdp.enforce_target() == 2  # 4 -> 2 channels: the two of smallest |g|
     assert gdp.gates[0].gate.tolist() == pytest.approx([1.0, 0.0, 0.0, 2.0])
     assert gdp.hard_macs() == 198 and gdp.enforce_target() == 0
     off = GDP(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)),
               torch.rand(1, 1, 5, 5), GDPSchedule(target_macs=0.1, enforce_target=False))
     assert off.enforce_target() == 0 and off.hard_macs() == 396
     gdp.schedule = GDPSchedule(target_macs=0.01)  # unreachable: every group keeps one channel
-    assert gdp.enforce_target() == 1 and gdp.hard_counts() == [1]
+    with pytest.warns(UserWarning, match="zeroed 1 of 4"):
+        assert gdp.enforce_target() == 1 and gdp.hard_counts() == [1]

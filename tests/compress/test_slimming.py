@@ -30,7 +30,7 @@ def test_residual_stream_score_is_mean_abs_gamma_of_its_bns():
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.uniform_(m.weight, -1, 1)
-    for group in find_channel_groups(model):
+    for group in find_channel_groups(model, torch.rand(1, 1, 8, 8)):
         bns = [model.get_submodule(p.norm).weight.detach().abs() for p in group.producers if p.norm]
         assert torch.allclose(bn_importance(model, group), torch.stack(bns).mean(0))
     no_bn = ChannelGroup("g", 2, producers=[])
@@ -42,7 +42,7 @@ def tiny_stack():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, torch.zeros(1, 1, 5, 5))
     return model, groups, layer_costs(model, groups, torch.zeros(1, 1, 5, 5))
 
 

@@ -7,62 +7,47 @@ annealed the gates polarise (some reach exactly 0, the rest stay clearly away fr
 channels are then physically removed and the surviving gates folded into the weights
 (:mod:`honed.compress.channel_surgery`), so the exported network computes what the gated one did.
 
-Placement (honed's choice, documented): one gate per channel group (see
-:func:`~honed.compress.channel_surgery.find_channel_groups`), applied right after the BatchNorm of
-every conv that writes the group, before the ReLU. All producers of a residual stream share one gate,
-so residual additions stay consistent. For gates >= 0 this computes the same function as the card's
-"gate before the consuming conv" (ReLU commutes with a non-negative scale); unlike it, folding into the
-BN affine is exact for any sign. Steps the card marks (R) are options of :class:`GDPSchedule`.
+Works on your own model: coupled channels (residual additions, concatenations, squeeze-excitation
+products, flatten before a Linear) are found by tracing it with torch.fx
+(:mod:`honed.compress.channel_trace`). Placement (honed's choice, documented): one gate per channel
+group, multiplying the output of every layer that writes the group (after the BatchNorm of a conv,
+or after the conv when it has none) through a forward hook; all writers of a residual stream share
+one gate, so residual additions stay consistent. For gates >= 0 this computes the same function as
+the card's "gate before the consuming conv" (ReLU commutes with a non-negative scale); unlike it,
+folding into the BN affine is exact for any sign. The model's parameters and state_dict keys do not
+change, and its optimizer never sees the gates: :meth:`GDP.step` trains them with their own SGD
+(``GDPSchedule.gate_lr``), because one learning rate for weights and gates does not polarise.
 
-Typical use::
+Use it in a plain loop::
 
-    gdp = GDP(model, example=x[:1], schedule=GDPSchedule(target_macs=0.5))
-    opt = torch.optim.SGD([{"params": gdp.weight_parameters(), "weight_decay": 5e-4},
-                           {"params": gdp.gate_parameters(), "weight_decay": 0.0}], lr=0.05, momentum=0.9)
-    train(model, batches, opt, epochs, loss_fn=gdp.loss(F.cross_entropy), callbacks=[gdp.callback()])
-    gdp.enforce_target()         # only if the step budget ended above the MACs target
-    pruned = gdp.export()        # a new, physically smaller model; ``model`` keeps its gates
+    gdp = GDP(model, example=x[:1], schedule=GDPSchedule(target_macs=0.5), steps=epochs * len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for x, y in loader:                       # every epoch
+        loss = F.cross_entropy(model(x), y) + gdp.penalty()
+        opt.zero_grad(); loss.backward(); opt.step()
+        gdp.step()                            # gates, eps anneal, lambda update
+    gdp.enforce_target()                      # warns if gates had to be zeroed to meet the target
+    pruned = gdp.export()                     # a new, physically smaller model; ``model`` keeps its gates
+
+or inside :func:`honed.core.loop.train` with ``loss_fn=gdp.loss(F.cross_entropy)`` and
+``callbacks=[gdp.callback()]``. Steps the card marks (R) are options of :class:`GDPSchedule`.
 """
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 from torch import nn
 
-from honed.compress.channel_surgery import (ChannelGroup, find_channel_groups, fold_channel_scale, layer_costs,
-                                            macs_from_counts, remove_channels)
-from honed.core.errors import ConfigError, InputError
+from honed.compress.channel_surgery import (ChannelGroup, fold_channel_scale, layer_costs, macs_from_counts,
+                                            remove_channels, trace_channels)
+from honed.compress.gdp_gates import ChannelGate, GateAttachment, GateHook, attached_gates
+from honed.core.errors import ConfigError, InputError, check_count
 from honed.core.loop import Callback, TrainState
 
-
-class ChannelGate(nn.Module):
-    """GDP (arXiv:2109.02220) gate vector g of shape (C,): multiplies (N, C, H, W) maps channel-wise.
-    Initialised to ``init`` (card: 1, marked (R))."""
-
-    def __init__(self, channels: int, init: float = 1.0, device: str | torch.device = "cpu") -> None:
-        super().__init__()
-        if channels < 1:
-            raise InputError(f"a gate needs at least one channel, got {channels}")
-        self.gate = nn.Parameter(torch.full((channels,), float(init), device=device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != len(self.gate):
-            raise InputError(f"gate expects (N, {len(self.gate)}, H, W) maps, got {tuple(x.shape)}")
-        return x * self.gate.view(1, -1, 1, 1)
-
-
-class Gated(nn.Module):
-    """``gate(inner(x))``: a BatchNorm2d (or Identity/conv) followed by a shared :class:`ChannelGate`
-    (GDP, arXiv:2109.02220). Inserted by :class:`GDP`; removed again by :meth:`GDP.export`."""
-
-    def __init__(self, inner: nn.Module, gate: ChannelGate) -> None:
-        super().__init__()
-        self.inner, self.gate = inner, gate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.inner(x))
+__all__ = ["GDP", "GDPCallback", "GDPSchedule", "ChannelGate", "GateHook", "smoothed_l0"]
 
 
 def smoothed_l0(gate: torch.Tensor, eps: float) -> torch.Tensor:
@@ -96,7 +81,12 @@ class GDPSchedule:
       sqrt(eps); every group keeps at least one channel (the card would remove the whole block).
     enforce_target (R, honed's): the paper trains until the hard count meets F*; with a fixed step
       budget, :meth:`GDP.enforce_target` (called by the user after training) zeroes the weakest
-      surviving gates (smallest |g| / max|g| of their group) until it does.
+      surviving gates (smallest |g| / max|g| of their group) until it does, with a warning.
+    gate_lr, gate_momentum (card step 5: gates trained by SGD without weight decay; the values are
+      the setting of honed's experiment 28-gdp): the gates' own SGD, run by :meth:`GDP.step`. The
+      penalty's gradient on a gate is small (R is a fraction of the dense MACs), so gates need a far
+      larger step than weights to polarise within a short run.
+    gate_init (R): the gates' initial value.
     """
 
     target_macs: float = 0.5
@@ -110,6 +100,8 @@ class GDPSchedule:
     threshold: float = 1e-4
     zero_crossing_clamp: bool = True
     enforce_target: bool = True
+    gate_lr: float = 1.0
+    gate_momentum: float = 0.9
     gate_init: float = 1.0
 
     def __post_init__(self) -> None:
@@ -123,6 +115,8 @@ class GDPSchedule:
             raise ConfigError("anneal_fraction must lie in (0, 1] and lambda_every be >= 1")
         if self.lambda_init < 0 or self.lambda_lr < 0 or not 0 <= self.threshold < 1:
             raise ConfigError("lambda_init and lambda_lr must be >= 0, threshold in [0, 1)")
+        if not self.gate_lr > 0 or not 0 <= self.gate_momentum < 1:
+            raise ConfigError(f"gate_lr must be > 0 and gate_momentum in [0, 1), got {self.gate_lr}, {self.gate_momentum}")
 
     def eps_at(self, step: int, total_steps: int) -> float:
         """Geometric anneal of eps: eps_start at step 0, eps_end from anneal_fraction*total on."""
@@ -132,37 +126,52 @@ class GDPSchedule:
 
 
 class GDP:
-    """GDP channel pruning (arXiv:2109.02220) attached to ``model`` (modified in place: gates are
-    inserted after the BN of every prunable conv).
+    """GDP channel pruning (arXiv:2109.02220) attached to ``model`` (any model torch.fx can trace):
+    gates are hooked onto the output of every layer writing a prunable channel group.
 
-    ``example``: one input (1, C, H, W) of the size the model will see, used to count MACs.
-    Supported models: those of :func:`~honed.compress.channel_surgery.find_channel_groups`
-    (InputError naming the layer otherwise).
+    ``example``: one input (1, C, H, W) of the size the model will see, used to trace and count MACs.
+    ``steps``: how many times :meth:`step` will be called (for the eps anneal); inside
+    :func:`honed.core.loop.train` the callback fills it in. ``device``: the gates' device (default:
+    the model's). Channels that cannot be removed exactly stay, with the reason in ``self.frozen``;
+    InputError when nothing can be pruned, or when the model already carries GDP gates.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, schedule: GDPSchedule = GDPSchedule(),
-                 device: str | torch.device = "cpu") -> None:
-        self.model, self.schedule = model, schedule
-        self.groups: list[ChannelGroup] = find_channel_groups(model)
-        if not self.groups:
-            raise InputError(f"{type(model).__name__} has no prunable channel group")
-        self.costs = layer_costs(model, self.groups, example.to(device))
+                 steps: int | None = None, device: str | torch.device | None = None) -> None:
+        if not isinstance(schedule, GDPSchedule):
+            raise ConfigError(f"schedule must be a GDPSchedule, got {type(schedule).__name__}")
+        if steps is not None:
+            check_count(steps, "steps")
+        if attached_gates(model):
+            raise InputError(f"the model already carries GDP gates (at {', '.join(attached_gates(model)[:3])}); "
+                             "call remove() on the first GDP, or export() it, before attaching another")
+        trace = trace_channels(model, example)
+        if not trace.groups:
+            why = "; ".join(f"'{k}': {v}" for k, v in trace.frozen.items())
+            raise InputError(f"{type(model).__name__} has no channel group GDP can prune ({why})")
+        self.model, self.schedule, self.steps, self.frozen = model, schedule, steps, trace.frozen
+        self.groups: list[ChannelGroup] = trace.groups
+        self.costs = layer_costs(model, self.groups, example)
         self.dense_macs = macs_from_counts(self.costs, [g.channels for g in self.groups])
-        self.gates = [ChannelGate(g.channels, schedule.gate_init, device) for g in self.groups]
-        for group, gate in zip(self.groups, self.gates):
-            for producer in group.producers:
-                _replace(model, producer.norm or producer.conv, lambda inner, gate=gate: Gated(inner, gate))
-        self.lam, self.eps = schedule.lambda_init, schedule.eps_start
+        if device is None:
+            device = next((p.device for p in model.parameters()), example.device)
+        self._attachment = GateAttachment(model, self.groups, schedule.gate_init, torch.device(device))
+        self.gates = self._attachment.gates
+        self.gate_optimizer = torch.optim.SGD(self.gate_parameters(), lr=schedule.gate_lr,
+                                              momentum=schedule.gate_momentum)
+        self._attachment.attach()
+        self.lam, self.eps, self.step_count = schedule.lambda_init, schedule.eps_start, 0
         self.trace: dict[str, list[float]] = {"lambda": [], "eps": [], "hard_macs_fraction": [],
                                               "soft_macs_fraction": []}
 
     # -- parameters and measurements
     def gate_parameters(self) -> list[nn.Parameter]:
+        """The gates (trained by :meth:`step`; keep them out of your own optimizer)."""
         return [g.gate for g in self.gates]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        gate_ids = {id(p) for p in self.gate_parameters()}
-        return [p for p in self.model.parameters() if id(p) not in gate_ids]
+        """The model's own parameters (the gates are not among them)."""
+        return list(self.model.parameters())
 
     def soft_counts(self, eps: float | None = None) -> list[torch.Tensor]:
         return [smoothed_l0(g.gate, self.eps if eps is None else eps) for g in self.gates]
@@ -193,17 +202,42 @@ class GDP:
         counts = self.soft_counts()
         return sum(n / g.channels for n, g in zip(counts, self.groups)) / len(self.groups)
 
+    def penalty(self) -> torch.Tensor:
+        """lambda * R(g): add it to your task loss before ``backward()``."""
+        return self.lam * self.regularizer()
+
     def loss(self, task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
         """``(logits, y) -> task_loss + lambda * R(g)`` for :func:`honed.core.loop.train`."""
         def gdp_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return task_loss(logits, y) + self.lam * self.regularizer()
+            return task_loss(logits, y) + self.penalty()
 
         return gdp_loss
 
     def callback(self) -> "GDPCallback":
         return GDPCallback(self)
 
-    # -- the schedule (called by GDPCallback)
+    # -- the schedule
+    def step(self) -> None:
+        """Call once after each ``optimizer.step()``: one SGD step of the gates on the gradient of the
+        last backward, the zero-crossing clamp, the lambda update every ``lambda_every`` steps and the
+        eps anneal. InputError (nothing changed) when ``steps`` is unknown or a gate gradient is not
+        finite."""
+        if self.steps is None:
+            raise InputError("GDP does not know how many steps training has (needed for the eps anneal): "
+                             "pass GDP(..., steps=N) with N the number of gdp.step() calls")
+        grads = [g.grad for g in self.gate_parameters() if g.grad is not None]
+        if any(not bool(torch.isfinite(g).all()) for g in grads):
+            raise InputError("a gate gradient is NaN or inf (the loss was not finite); gates left unchanged")
+        before = [g.gate.detach().clone() for g in self.gates]
+        self.gate_optimizer.step()
+        if self.schedule.zero_crossing_clamp:
+            self.clamp_crossings(before, self.gate_optimizer)
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        if self.step_count % self.schedule.lambda_every == 0:
+            self.update_lambda()
+        self.eps = self.schedule.eps_at(self.step_count, self.steps)
+
     def update_lambda(self) -> None:
         """lambda <- max(0, lambda + lr (MACs_smooth/F* - 1)); no increase once hard MACs meet F*."""
         target = self.schedule.target_macs * self.dense_macs
@@ -228,28 +262,47 @@ class GDP:
                 i = int(old.abs().argmax())
                 g[i] = old[i]
 
-    @torch.no_grad()
+    def record(self) -> None:
+        """Append lambda, eps and the hard / smoothed MACs fractions to ``self.trace``."""
+        self.trace["lambda"].append(self.lam)
+        self.trace["eps"].append(self.eps)
+        self.trace["hard_macs_fraction"].append(self.hard_macs() / self.dense_macs)
+        with torch.no_grad():
+            self.trace["soft_macs_fraction"].append(float(self.soft_macs()) / self.dense_macs)
+
     def enforce_target(self) -> int:
         """If the hard MACs exceed F* (and ``schedule.enforce_target``), zero the surviving gate of
         smallest |g| / max|g| of its group, one at a time (never a group's last), until they meet it.
-        Returns how many gates were zeroed."""
-        target, zeroed = self.schedule.target_macs * self.dense_macs, 0
-        while self.schedule.enforce_target and self.hard_macs() > target:
-            weakest = None
-            for gi, (gate, mask) in enumerate(zip(self.gates, self.alive())):
-                if int(mask.sum()) <= 1:
-                    continue
-                rel = (gate.gate.abs() / gate.gate.abs().max()).masked_fill(~mask, float("inf"))
-                i = int(rel.argmin())
-                if weakest is None or rel[i] < weakest[0]:
-                    weakest = (float(rel[i]), gi, i)
-            if weakest is None:
-                break
-            self.gates[weakest[1]].gate[weakest[2]] = 0.0
-            zeroed += 1
+        Returns how many gates were zeroed, and warns when that is more than none: those channels
+        had not polarised, so removing them costs accuracy."""
+        zeroed = 0
+        with torch.no_grad():
+            while self.schedule.enforce_target and self.hard_macs() > self.schedule.target_macs * self.dense_macs:
+                weakest = self._weakest_open_gate()
+                if weakest is None:
+                    break
+                self.gates[weakest[0]].gate[weakest[1]] = 0.0
+                zeroed += 1
+        if zeroed:
+            warnings.warn(f"GDP.enforce_target zeroed {zeroed} of {sum(g.channels for g in self.groups)} channel "
+                          f"gates that training had left open, to meet target_macs={self.schedule.target_macs}; "
+                          "accuracy can drop: train longer, or raise gate_lr or lambda_lr so the gates polarise",
+                          stacklevel=2)
         return zeroed
 
-    # -- export
+    def _weakest_open_gate(self) -> tuple[int, int] | None:
+        """(group, channel) of the open gate of smallest |g| / max|g| in a group keeping > 1 channel."""
+        weakest = None
+        for gi, (gate, mask) in enumerate(zip(self.gates, self.alive())):
+            if int(mask.sum()) <= 1:
+                continue
+            rel = (gate.gate.abs() / gate.gate.abs().max()).masked_fill(~mask, float("inf"))
+            i = int(rel.argmin())
+            if weakest is None or rel[i] < weakest[0]:
+                weakest = (float(rel[i]), gi, i)
+        return None if weakest is None else weakest[1:]
+
+    # -- export and lifecycle
     @torch.no_grad()
     def keep_sets(self) -> dict[str, torch.Tensor]:
         """Per group the sorted indices of gates above the threshold (at least the largest one)."""
@@ -263,46 +316,67 @@ class GDP:
     def export(self) -> nn.Module:
         """A new model without gates: zero-gated channels physically removed, the other gates folded
         into the BN affine (or conv) of their producers. ``self.model`` is left as it is."""
-        pruned = copy.deepcopy(self.model)
-        for module_name, module in list(pruned.named_modules()):
-            if isinstance(module, Gated):
-                _replace(pruned, module_name, lambda gated: gated.inner)
+        with self._attachment.detached():
+            pruned = copy.deepcopy(self.model)
         groups = copy.deepcopy(self.groups)
         for group, gate in zip(groups, self.gates):
             fold_channel_scale(pruned, group, gate.gate.detach())
         return remove_channels(pruned, groups, self.keep_sets())
 
+    def remove(self) -> nn.Module:
+        """Take the gates off ``self.model`` (weights untouched); returns it."""
+        self._attachment.detach()
+        return self.model
+
+    def to(self, device: str | torch.device) -> "GDP":
+        """Move the gates (and their optimizer state) to ``device``, e.g. after ``model.to(device)``."""
+        with torch.no_grad():
+            for gate in self.gate_parameters():
+                gate.data = gate.data.to(device)
+                for key, value in self.gate_optimizer.state.get(gate, {}).items():
+                    if torch.is_tensor(value):
+                        self.gate_optimizer.state[gate][key] = value.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        """GDP's own state (gates, lambda, eps, step count, gate optimizer, trace) for a checkpoint
+        beside ``model.state_dict()``."""
+        return {"gates": [g.detach().clone() for g in self.gate_parameters()], "lam": self.lam, "eps": self.eps,
+                "step_count": self.step_count, "steps": self.steps, "trace": copy.deepcopy(self.trace),
+                "gate_optimizer": self.gate_optimizer.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; InputError (nothing changed) when its gates do not fit."""
+        keys = {"gates", "lam", "eps", "step_count", "steps", "trace", "gate_optimizer"}
+        shapes = [tuple(g.shape) for g in self.gate_parameters()]
+        if not isinstance(state, dict) or not keys <= set(state) or \
+                [tuple(torch.as_tensor(g).shape) for g in state["gates"]] != shapes:
+            raise InputError(f"GDP state must be a GDP.state_dict() with keys {sorted(keys)} and gates of shapes {shapes}")
+        gates = state["gates"]
+        for gate, value in zip(self.gate_parameters(), gates):
+            gate.copy_(torch.as_tensor(value))
+        self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        self.lam, self.eps, self.step_count, self.steps = state["lam"], state["eps"], state["step_count"], state["steps"]
+        self.trace = copy.deepcopy(state["trace"])
+
 
 class GDPCallback(Callback):
-    """Runs GDP's schedule inside :func:`honed.core.loop.train`: eps anneal per step, zero-crossing
-    clamp after each step, the lambda update every ``lambda_every`` steps, a trace per epoch."""
+    """Runs GDP's schedule inside :func:`honed.core.loop.train`: eps anneal per step, :meth:`GDP.step`
+    after each optimizer step, a trace entry per epoch."""
 
     def __init__(self, gdp: GDP) -> None:
         self.gdp = gdp
-        self._before: list[torch.Tensor] = []
+
+    def on_train_start(self, state: TrainState) -> None:
+        if self.gdp.steps is None:
+            self.gdp.steps = max(state.total_steps, 1)
 
     def on_step_start(self, state: TrainState) -> None:
-        self.gdp.eps = self.gdp.schedule.eps_at(state.step, max(state.total_steps, 1))
-
-    def before_step(self, state: TrainState) -> None:
-        self._before = [g.gate.detach().clone() for g in self.gdp.gates]
+        self.gdp.eps = self.gdp.schedule.eps_at(state.step, self.gdp.steps)
 
     def after_step(self, state: TrainState) -> None:
-        if self.gdp.schedule.zero_crossing_clamp:
-            self.gdp.clamp_crossings(self._before, state.optimizer)
-        if state.step % self.gdp.schedule.lambda_every == 0:
-            self.gdp.update_lambda()
+        self.gdp.step()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        trace = self.gdp.trace
-        trace["lambda"].append(self.gdp.lam)
-        trace["eps"].append(self.gdp.eps)
-        trace["hard_macs_fraction"].append(self.gdp.hard_macs() / self.gdp.dense_macs)
-        with torch.no_grad():
-            trace["soft_macs_fraction"].append(float(self.gdp.soft_macs()) / self.gdp.dense_macs)
-
-
-def _replace(model: nn.Module, name: str, build: Callable[[nn.Module], nn.Module]) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, build(getattr(parent, child)))
+        self.gdp.record()

@@ -11,12 +11,12 @@ channels with the smallest |gamma| are removed under one global threshold.
   fit a MACs budget (GDP's bilinear MACs model), each group keeping at least one channel.
 
 Together with :func:`~honed.compress.channel_surgery.remove_channels` this gives the physically
-slimmed network. Inputs: any model whose channel groups ``find_channel_groups`` understands.
+slimmed network. Inputs: any model whose channel groups ``find_channel_groups`` finds (torch.fx traceable).
 """
 import torch
 from torch import nn
 
-from honed.compress.channel_surgery import ChannelGroup, LayerCost, macs_from_counts
+from honed.compress.channel_surgery import ChannelGroup, LayerCost, macs_from_counts, positions_of
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
 
@@ -46,10 +46,15 @@ def add_bn_l1_subgradient(model: nn.Module, lam: float) -> None:
 
 @torch.no_grad()
 def bn_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """|gamma| per channel (shape (channels,)), mean over the group's producers that have a BatchNorm2d;
-    InputError if none has one (Network Slimming needs BN scales)."""
-    scores = [model.get_submodule(p.norm).weight.detach().abs().cpu() for p in group.producers
-              if p.norm and isinstance(model.get_submodule(p.norm), nn.BatchNorm2d)]
+    """|gamma| per channel (shape (channels,)), mean over the group's BatchNorm2d producers (the BN
+    after a conv, or a BN applied to the group further on); InputError if it has none (Network
+    Slimming needs BN scales)."""
+    scores = []
+    for producer in group.producers:
+        norm = model.get_submodule(producer.site)
+        if isinstance(norm, nn.BatchNorm2d):
+            rows = torch.tensor(positions_of(producer, group.channels), device=norm.weight.device)
+            scores.append(norm.weight.detach().index_select(0, rows).abs().cpu())
     if not scores:
         raise InputError(f"channel group '{group.name}' has no BatchNorm2d producer: no scale to slim")
     return torch.stack(scores).mean(0)

@@ -150,10 +150,9 @@ def finetune(model: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, e
 def train_gdp(dense: nn.Module, train_split: Split, val: Split, cfg: GDPConfig, seed: int):
     """Gated training from the dense weights; returns (GDP object, per-epoch validation accuracy)."""
     model = copy.deepcopy(dense)
-    gdp = GDP(model, val.x[:1], cfg.schedule())
-    opt = torch.optim.SGD([
-        {"params": gdp.weight_parameters(), "lr": cfg.gdp_weight_lr, "weight_decay": cfg.weight_decay},
-        {"params": gdp.gate_parameters(), "lr": cfg.gate_lr, "weight_decay": 0.0}], momentum=cfg.momentum)
+    gdp = GDP(model, val.x[:1], replace(cfg.schedule(), gate_momentum=cfg.momentum))  # GDP.step trains the gates
+    opt = torch.optim.SGD(gdp.weight_parameters(), lr=cfg.gdp_weight_lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
     history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.gdp_epochs,
                     loss_fn=gdp.loss(F.cross_entropy), callbacks=[gdp.callback()], progress=False,
                     evaluate=lambda m: {"acc": split_accuracy(m, val)})
@@ -171,7 +170,7 @@ def train_slimming(dense: nn.Module, train_split: Split, val: Split, cfg: GDPCon
     history = train(model, Batches(train_split, cfg.batch_size, seed=seed), opt, cfg.gdp_epochs,
                     callbacks=[BNScaleL1(cfg.slimming_lambda)], progress=False,
                     evaluate=lambda m: {"acc": split_accuracy(m, val)})
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, example)
     costs = layer_costs(model, groups, example)
     scores = {g.name: bn_importance(model, g) for g in groups}
     return remove_channels(model, groups, global_keep_for_macs(scores, groups, costs, macs_budget)), history["acc"]
@@ -182,7 +181,7 @@ def prune_by_importance(dense: nn.Module, kind: str, macs_budget: float, example
     """Copy of ``dense`` with the channels of highest importance kept at one uniform fraction, the
     largest whose MACs stay within ``macs_budget``."""
     model = copy.deepcopy(dense)
-    groups = find_channel_groups(model)
+    groups = find_channel_groups(model, example)
     costs = layer_costs(model, groups, example)
     gen = torch.Generator().manual_seed(seed)
     scores = {g.name: channel_importance(model, g, kind, gen) for g in groups}
