@@ -128,7 +128,7 @@ def train_toy(force_decay: float, ghost_size=None, epochs: int = 30) -> nn.Modul
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    callbacks = [ForceRegularization(model, force_decay, layers=["0"])] if force_decay else []
+    callbacks = [ForceRegularization(model, force_decay, layers=["0"], force_scale="sum")] if force_decay else []
     train(model, toy_regression(), opt, epochs, loss_fn=nn.functional.mse_loss, callbacks=callbacks,
           ghost_size=ghost_size, progress=False)
     return model

@@ -17,8 +17,15 @@ does: ``degradation`` p=0 (L2-norm force, the card's default), ``constant`` p=1 
 ``adaptive`` (force term rescaled to norm force_decay * ||dE/dW|| per layer), ``direction`` ``all``
 (default) or ``same`` (only force entries whose sign matches the error gradient's).
 
+``force_scale`` (an option the card does not have): ``mean`` (default of the gradient functions)
+divides F_i by the number of other live filters M - 1, so F_i_perp is the pull toward the mean of the
+other filters, of norm at most 1 (p = 0) whatever the layer width, and one ``force_decay`` suits a
+layer of 16 or 512 filters; ``sum`` is the reference's plain sum, whose strength grows with N (up to
+N-fold once filters gather), so a ``force_decay`` tuned on a narrow layer is too strong on a wide one.
+
 Use it in any loop with :func:`add_force_gradient` between ``loss.backward()`` and
-``optimizer.step()``, or with honed's loop through the :class:`ForceRegularization` callback.
+``optimizer.step()``, or with honed's loop through the :class:`ForceRegularization` callback (which
+also works alone in a plain loop: call ``after_backward()`` after each ``backward()``).
 """
 from typing import Iterable, Literal
 
@@ -31,11 +38,15 @@ from honed.core.loop import Callback, TrainState
 GRAM_RESOLUTION = 1e-6  # distances below this are rounding noise of the float64 Gram form
 FORCE_EXPONENTS = {"degradation": 0, "constant": 1, "linear": 2, "gravity": 3}
 ForceType = Literal["degradation", "constant", "linear", "gravity"]
+ForceScale = Literal["mean", "sum"]
 DecayType = Literal["fixed", "adaptive"]
 Direction = Literal["all", "same"]
 
 
-def _check_options(force_type: str, decay_type: str = "fixed", direction: str = "all") -> None:
+def _check_options(force_type: str, decay_type: str = "fixed", direction: str = "all",
+                   force_scale: str = "sum") -> None:
+    if force_scale not in ("mean", "sum"):
+        raise InputError(f"force_scale must be 'mean' or 'sum', got {force_scale!r}")
     if force_type not in FORCE_EXPONENTS:
         raise InputError(f"force_type must be one of {', '.join(FORCE_EXPONENTS)}, got {force_type!r}")
     if decay_type not in ("fixed", "adaptive"):
@@ -61,15 +72,16 @@ def _pairwise_resultant(unit: torch.Tensor, exponent: int, eps: float, chunk_siz
 
 
 def force_delta(weight: torch.Tensor, force_type: ForceType = "degradation", eps: float = 1e-8,
-                chunk_size: int = 256) -> torch.Tensor:
+                chunk_size: int = 256, force_scale: ForceScale = "sum") -> torch.Tensor:
     """Force Regularization (arXiv:1703.09746), steps 1-3: delta_W = ||w_i|| * F_i_perp for a weight
     of shape (N, ...) with >= 2 axes (any float dtype/device); returns the same shape.
+    ``force_scale="mean"`` divides F_i by M - 1, M the number of live filters (see the module note).
 
     Filters with ||w_i|| <= eps neither pull nor move (their row is 0). p = 0 uses the O(N D) form
     F_i_perp = S - (S . w^_i) w^_i with S the sum of all unit filters; p >= 1 sums pairwise forces,
     skipping pairs with ||w^_i - w^_j|| <= max(eps, 1e-6), in row chunks of ``chunk_size``.
     """
-    _check_options(force_type)
+    _check_options(force_type, force_scale=force_scale)
     if not torch.is_tensor(weight) or weight.dim() < 2:
         raise InputError(f"force regularization needs a weight with >= 2 axes, got shape "
                          f"{tuple(getattr(weight, 'shape', ()))}")
@@ -90,20 +102,24 @@ def force_delta(weight: torch.Tensor, force_type: ForceType = "degradation", eps
     else:
         resultant = _pairwise_resultant(unit, exponent, eps, chunk_size)
     tangent = resultant - (resultant * unit).sum(1, keepdim=True) * unit
+    if force_scale == "mean":
+        tangent = tangent / (len(unit) - 1)
     delta[alive] = norms[alive, None] * tangent
     return delta.reshape(weight.shape)
 
 
 def force_gradient_term(weight: torch.Tensor, error_grad: torch.Tensor | None, force_decay: float,
                         force_type: ForceType = "degradation", decay_type: DecayType = "fixed",
-                        direction: Direction = "all", eps: float = 1e-8) -> torch.Tensor:
+                        direction: Direction = "all", eps: float = 1e-8,
+                        force_scale: ForceScale = "mean") -> torch.Tensor:
     """Force Regularization (arXiv:1703.09746), step 4: the term added to the gradient of ``weight``
     (N, ...): -force_decay * delta_W ('fixed'); 'adaptive' rescales it to norm force_decay *
-    ||error_grad||; direction 'same' zeroes entries whose sign differs from ``error_grad``'s."""
-    _check_options(force_type, decay_type, direction)
+    ||error_grad||; direction 'same' zeroes entries whose sign differs from ``error_grad``'s.
+    ``force_scale`` 'mean' (default) or 'sum' (the reference), see the module note."""
+    _check_options(force_type, decay_type, direction, force_scale)
     if not force_decay >= 0:
         raise InputError(f"force_decay must be >= 0, got {force_decay}")
-    term = -force_decay * force_delta(weight, force_type, eps)
+    term = -force_decay * force_delta(weight, force_type, eps, force_scale=force_scale)
     if decay_type == "adaptive" or direction == "same":
         if error_grad is None:
             raise InputError(f"decay_type={decay_type!r}, direction={direction!r} need the error gradient")
@@ -135,14 +151,18 @@ def force_parameters(model: nn.Module, layers: Iterable[str] | None = None) -> l
 def add_force_gradient(weights: nn.Module | Iterable[tuple[str, torch.Tensor]], force_decay: float = 1e-3,
                        force_type: ForceType = "degradation", decay_type: DecayType = "fixed",
                        direction: Direction = "all", multipliers: dict[str, float] | None = None,
-                       eps: float = 1e-8) -> dict[str, torch.Tensor]:
+                       eps: float = 1e-8, force_scale: ForceScale = "mean") -> dict[str, torch.Tensor]:
     """Force Regularization (arXiv:1703.09746): add the force term to ``.grad`` of each weight, in
     place; call it after ``loss.backward()`` and before ``optimizer.step()``.
 
     ``weights``: a model (every parameter with >= 2 axes) or (name, parameter) pairs, e.g. from
     :func:`force_parameters`. ``multipliers[name]`` is the card's per-layer ``force_mult`` (default 1;
     0 disables a layer). Weights without a gradient are skipped. Returns {name: term added}.
+    ``force_scale``: 'mean' (default, strength independent of the filter count) or 'sum' (reference).
     """
+    _check_options(force_type, decay_type, direction, force_scale)
+    if not force_decay >= 0:
+        raise InputError(f"force_decay must be >= 0, got {force_decay}")
     pairs = force_parameters(weights) if isinstance(weights, nn.Module) else list(weights)
     multipliers = multipliers or {}
     added = {}
@@ -150,7 +170,8 @@ def add_force_gradient(weights: nn.Module | Iterable[tuple[str, torch.Tensor]], 
         scale = force_decay * float(multipliers.get(name, 1.0))
         if weight.grad is None or scale == 0:
             continue
-        term = force_gradient_term(weight, weight.grad, scale, force_type, decay_type, direction, eps)
+        term = force_gradient_term(weight, weight.grad, scale, force_type, decay_type, direction, eps,
+                                   force_scale)
         weight.grad.add_(term)
         added[name] = term
     return added
@@ -160,30 +181,38 @@ class ForceRegularization(Callback):
     """Force Regularization (arXiv:1703.09746) as a callback of :func:`honed.core.loop.train`:
     ``after_backward`` adds the force term to the gradients of ``force_parameters(model, layers)``.
 
-    With ghost batches (several backward passes per step) the term added after the previous chunk is
-    taken back first, so every optimizer step sees exactly one force term, computed from the whole
-    error gradient. Options as in :func:`add_force_gradient` (card defaults: p = 0 ``degradation``,
-    ``fixed`` decay, ``all`` directions).
+    Inside honed's loop with ghost batches (several backward passes per step) the term added after the
+    previous chunk of the same step is taken back first, so every optimizer step sees exactly one force
+    term, computed from the whole error gradient. Outside honed's loop (no ``on_step_start``), each
+    ``after_backward()`` call simply adds the force once: in a plain loop call it after
+    ``loss.backward()`` and before ``optimizer.step()``. Options as in :func:`add_force_gradient` (card
+    defaults: p = 0 ``degradation``, ``fixed`` decay, ``all`` directions; ``force_scale`` 'mean').
     """
 
     def __init__(self, model: nn.Module, force_decay: float = 1e-3, force_type: ForceType = "degradation",
                  layers: Iterable[str] | None = None, decay_type: DecayType = "fixed",
                  direction: Direction = "all", multipliers: dict[str, float] | None = None,
-                 eps: float = 1e-8) -> None:
-        _check_options(force_type, decay_type, direction)
+                 eps: float = 1e-8, force_scale: ForceScale = "mean") -> None:
+        _check_options(force_type, decay_type, direction, force_scale)
         if not force_decay >= 0:
             raise InputError(f"force_decay must be >= 0, got {force_decay}")
         self.weights = force_parameters(model, layers)
         self.options = dict(force_decay=force_decay, force_type=force_type, decay_type=decay_type,
-                            direction=direction, multipliers=multipliers, eps=eps)
+                            direction=direction, multipliers=multipliers, eps=eps, force_scale=force_scale)
         self.added: dict[str, torch.Tensor] = {}
+        self._in_step = False  # True between honed's on_step_start and after_step
 
     def on_step_start(self, state: TrainState) -> None:
-        self.added = {}
+        self.added, self._in_step = {}, True
 
-    def after_backward(self, state: TrainState) -> None:
+    def after_backward(self, state: TrainState | None = None) -> None:
+        """Add the force to the current gradients (taking back this step's earlier term in honed's loop)."""
         with torch.no_grad():
-            for name, weight in self.weights:
-                if name in self.added and weight.grad is not None:
-                    weight.grad.sub_(self.added[name])
+            if self._in_step:
+                for name, weight in self.weights:
+                    if name in self.added and weight.grad is not None:
+                        weight.grad.sub_(self.added[name])
             self.added = add_force_gradient(self.weights, **self.options)
+
+    def after_step(self, state: TrainState) -> None:
+        self.added, self._in_step = {}, False

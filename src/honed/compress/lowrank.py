@@ -9,18 +9,24 @@ lambda_k = sigma_k^2 and NO mean subtraction (the card's pitfall: centring needs
 With the top-K eigenvectors U_K (N x K) and B_K = U_K^T W (K x D):
 
 * ``Conv2d(C -> N, k)``  becomes ``Conv2d(C -> K, k, same stride/padding/dilation, weights B_K, no
-  bias)`` then ``Conv2d(K -> N, 1x1, weights U_K, the original bias)``;
+  bias)`` then ``Conv2d(K -> N, 1x1, weights U_K, the original bias)`` (``Conv1d`` / ``Conv3d`` alike);
 * ``Linear(D -> N)`` becomes ``Linear(D -> K, no bias)`` then ``Linear(K -> N, original bias)``.
 
-MACs per output pixel go from N*D to K*D + N*K (:func:`lowrank_mac_ratio`).
+MACs per output pixel go from N*D to K*D + N*K (:func:`lowrank_mac_ratio`). Fewer MACs and parameters
+are not speed: one layer becomes two, and on a CPU the pair can be slower than the original. Measure
+with :func:`decomposition_cost`, which reports latency beside size. Grouped (e.g. depthwise) convs
+have no filter matrix to factor: they are skipped with a warning (or refused when named).
 """
 import copy
+import statistics
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_count
+from honed.core.measure import count_macs, count_params, median_latency
 
 ENERGY_TOLERANCE = 1e-6  # slack on cumulative ratios: float32 weights round them by ~1e-7
 
@@ -96,26 +102,34 @@ def lowrank_mac_ratio(filters: int, depth: int, rank: int) -> float:
     return (rank * depth + filters * rank) / (filters * depth)
 
 
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def _unsupported(name: str, module: nn.Module, why: str = "") -> InputError:
     return InputError(f"low-rank decomposition cannot handle layer '{name}' ({type(module).__name__}{why}); "
-                      "supported: nn.Conv2d with groups=1 and nn.Linear")
+                      "supported: nn.Conv1d/2d/3d with groups=1 and nn.Linear")
+
+
+def _supported(module: nn.Module) -> bool:
+    return (isinstance(module, CONVS) and module.groups == 1) or isinstance(module, nn.Linear)
 
 
 def decompose_conv(conv: nn.Conv2d, rank: int, name: str = "conv") -> nn.Sequential:
     """Force Regularization (arXiv:1703.09746), step 6: ``conv`` (C -> N, kh x kw, groups=1) as
     Sequential(Conv2d(C -> rank, same kernel/stride/padding/dilation/padding_mode, no bias),
-    Conv2d(rank -> N, 1x1, the original bias)) built from the PCA factors; input (B, C, H, W)."""
-    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+    Conv2d(rank -> N, 1x1, the original bias)) built from the PCA factors; input (B, C, H, W).
+    An ``nn.Conv1d`` / ``nn.Conv3d`` becomes the same pair of its own type."""
+    if not isinstance(conv, CONVS) or conv.groups != 1:
         raise _unsupported(name, conv, f", groups={getattr(conv, 'groups', '?')}")
     basis, coefficients = pca_factors(conv.weight, rank)
-    weight = conv.weight
-    first = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                      bias=False, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype)
-    second = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None,
-                       device=weight.device, dtype=weight.dtype)
+    weight, kind = conv.weight, type(conv)
+    first = kind(conv.in_channels, rank, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                 bias=False, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype)
+    second = kind(rank, conv.out_channels, 1, bias=conv.bias is not None, device=weight.device,
+                  dtype=weight.dtype)
     with torch.no_grad():
         first.weight.copy_(coefficients.reshape(rank, *weight.shape[1:]))
-        second.weight.copy_(basis.reshape(conv.out_channels, rank, 1, 1))
+        second.weight.copy_(basis.reshape(conv.out_channels, rank, *[1] * (weight.dim() - 2)))
         if conv.bias is not None:
             second.bias.copy_(conv.bias)
     return nn.Sequential(first, second)
@@ -160,31 +174,49 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         raise InputError(f"layer '{name}' not found in {type(model).__name__}; layers with weights: "
-                         f"{', '.join(n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear)))}")
+                         f"{', '.join(n for n, m in modules.items() if _supported(m))}")
     return modules[name]
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """Every Conv2d with groups=1 and every Linear of ``model``, by qualified name."""
-    return [n for n, m in model.named_modules()
-            if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)]
+    """Every Conv1d/2d/3d with groups=1 and every Linear of ``model``, by qualified name. Grouped convs
+    (depthwise included) and transposed convs are left out with a warning naming them."""
+    skipped = [f"{n} ({type(m).__name__}, groups={m.groups})" for n, m in model.named_modules()
+               if isinstance(m, nn.modules.conv._ConvNd) and not _supported(m)]
+    if skipped:
+        warnings.warn(f"low-rank decomposition leaves {len(skipped)} layer(s) as they are (grouped or "
+                      f"transposed convs have no filter matrix to factor): {', '.join(skipped)}", stacklevel=3)
+    return [n for n, m in model.named_modules() if _supported(m)]
+
+
+def _fixed_rank(ranks: dict[str, int], name: str, limit: int) -> int:
+    rank = ranks[name]
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise InputError(f"ranks['{name}'] must be an integer >= 1 (a layer keeps at least one basis "
+                         f"filter), got {rank!r}")
+    return min(rank, limit)
 
 
 def plan_ranks(model: nn.Module, energy: float = 0.95, layers: list[str] | tuple[str, ...] | None = None,
                ranks: dict[str, int] | None = None, only_if_cheaper: bool = True) -> list[LayerRank]:
     """Force Regularization (arXiv:1703.09746), step 5: the PCA rank of each layer of ``layers``
     (default: :func:`default_layers`) at ``energy`` in (0, 1], or the fixed ``ranks[name]`` when given
-    (capped at min(N, D)). With ``only_if_cheaper`` a layer whose factors would not save MACs is kept."""
+    (an integer >= 1, capped at min(N, D); a key naming no planned layer is refused). With
+    ``only_if_cheaper`` a layer whose factors would not save MACs is kept."""
     check_energy(energy)
+    names = default_layers(model) if layers is None else list(layers)
+    stray = sorted(set(ranks or {}) - set(names))
+    if stray:
+        raise InputError(f"ranks name layers that are not decomposed here: {stray}; planned layers: {names}")
     plan = []
-    for name in (default_layers(model) if layers is None else layers):
+    for name in names:
         module = _module(model, name)
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or getattr(module, "groups", 1) != 1:
-            raise _unsupported(name, module, f", groups={module.groups}" if isinstance(module, nn.Conv2d) else "")
+        if not _supported(module):
+            raise _unsupported(name, module, f", groups={module.groups}" if isinstance(module, CONVS) else "")
         energies = pca_energy(module.weight)
         n, d = module.weight.shape[0], module.weight[0].numel()
         rank = rank_for_energy(energies, energy) if ranks is None or name not in ranks \
-            else max(1, min(int(ranks[name]), len(energies)))
+            else _fixed_rank(ranks, name, len(energies))
         cheaper = rank * (n + d) < n * d
         kept = float(energies[:rank].sum() / energies.sum()) if float(energies.sum()) > 0 else 1.0
         plan.append(LayerRank(name, n, d, rank, cheaper or not only_if_cheaper, kept))
@@ -206,6 +238,7 @@ def decompose_model(model: nn.Module, energy: float = 0.95, layers: list[str] | 
     Returns (the decomposed model - a deep copy unless ``inplace`` - and the per-layer plan). The
     model keeps its input/output shapes; at ``energy=1.0`` its outputs equal the original's up to
     float rounding. Unsupported layers or ``energy`` outside (0, 1] raise InputError naming them.
+    Fewer MACs need not run faster: check with :func:`decomposition_cost`.
     """
     plan = plan_ranks(model, energy, layers, ranks, only_if_cheaper)
     target = model if inplace else copy.deepcopy(model)
@@ -213,6 +246,34 @@ def decompose_model(model: nn.Module, energy: float = 0.95, layers: list[str] | 
         if not layer.decomposed:
             continue
         module = target.get_submodule(layer.name)
-        build = decompose_conv if isinstance(module, nn.Conv2d) else decompose_linear
+        build = decompose_conv if isinstance(module, CONVS) else decompose_linear
         _set_module(target, layer.name, build(module, layer.rank, layer.name))
     return target, plan
+
+
+def decomposition_cost(original: nn.Module, decomposed: nn.Module, example: torch.Tensor,
+                       rounds: int = 5, repeats: int = 10) -> dict[str, float]:
+    """Size AND speed of a low-rank decomposition side by side (Force Regularization, arXiv:1703.09746,
+    claims faster networks; fewer MACs do not guarantee that). ``example``: one input batch for both
+    models. Returns params, MACs (one forward of ``example``) and median wall latency in ms of each
+    model, timed in ``rounds`` interleaved rounds of ``repeats`` runs, plus ``speedup`` (median of the
+    per-round latency ratios original / decomposed; < 1 means the decomposed model is slower here).
+    Both models are measured in eval mode and every submodule's train/eval flag is restored."""
+    from honed.robust.attacks.base import eval_mode
+
+    if not torch.is_tensor(example) or example.dim() < 1 or len(example) == 0:
+        raise InputError("example must be a non-empty input batch tensor")
+    rounds, repeats = check_count(rounds, "rounds"), check_count(repeats, "repeats")
+    with eval_mode(original), eval_mode(decomposed):
+        out = {"params_original": float(count_params(original)),
+               "params_decomposed": float(count_params(decomposed)),
+               "macs_original": float(count_macs(original, example)),
+               "macs_decomposed": float(count_macs(decomposed, example))}
+        times: dict[str, list[float]] = {"original": [], "decomposed": []}
+        for _ in range(rounds):
+            for key, model in (("original", original), ("decomposed", decomposed)):
+                times[key].append(median_latency(model, example, repeats=repeats, warmup=2))
+    out["latency_ms_original"] = 1e3 * statistics.median(times["original"])
+    out["latency_ms_decomposed"] = 1e3 * statistics.median(times["decomposed"])
+    out["speedup"] = statistics.median(a / b for a, b in zip(times["original"], times["decomposed"]))
+    return out

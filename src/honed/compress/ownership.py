@@ -171,9 +171,14 @@ def embed_signature(mask: Mask, code: torch.Tensor, key: SignatureKey | None = N
             break
         out[name] = out[name] if out[name] is not mask[name] else mask[name].clone()
         diff = _shift_entries(out[name], diff, protected, priority, gen)
-    if diff != 0:
-        raise InputError(f"layer '{key.layer}' cannot host the signature at the same sparsity "
-                         f"({diff:+d} kept entries could not be rebalanced); choose a denser layer")
+    if diff > 0:
+        raise InputError(f"layer '{key.layer}' cannot host the signature at the same sparsity: {diff} surplus "
+                         "kept entries found no kernel with more than one entry to leave; the mask is too "
+                         "sparse there, choose a denser layer or a less pruned mask")
+    if diff < 0:
+        raise InputError(f"layer '{key.layer}' cannot host the signature at the same sparsity: {-diff} removed "
+                         "entries found no free place in the kernels that stay on; the mask is too dense "
+                         "(a signature needs a pruned mask), prune it first (e.g. magnitude_prune)")
     return out, key
 
 
