@@ -25,7 +25,7 @@ def test_init_equals_frozen_model_and_only_adapters_train():
     mods = dsee.apply_dsee(model, rank=2, alpha=4.0, sparse_n=6, omega="omp")
     assert torch.allclose(model(x), before, atol=1e-6)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{m}.{a}" for m in ("query", "value") for a in ("lora_a", "lora_b", "sparse")}
+    assert trainable == {f"{m}.{a}" for m in ("query", "value") for a in ("lora_a", "lora_b", "sparse_values")}
     assert len(mods) == 2
 
 
@@ -36,8 +36,9 @@ def test_support_has_exactly_n_and_sparse_grad_is_zero_off_support(mode):
     layer = dsee.DSEELinear(base, rank=3, alpha=6.0, sparse_n=7, omega=mode)
     assert int(layer.omega.sum()) == 7 and set(layer.omega.unique().tolist()) <= {0.0, 1.0}
     layer(torch.randn(4, 12)).pow(2).sum().backward()
-    assert torch.all(layer.sparse.grad[layer.omega == 0] == 0)
-    assert layer.sparse.grad[layer.omega == 1].abs().sum() > 0
+    assert layer.sparse_values.shape == (7,) and layer.sparse_values.grad.abs().sum() > 0
+    torch.nn.init.normal_(layer.sparse_values)
+    assert torch.equal(layer.sparse_update() != 0, layer.omega == 1)
     delta = layer.delta_weight().detach()
     low_rank = layer.scale * (layer.lora_b @ layer.lora_a).detach()
     assert torch.linalg.matrix_rank(low_rank) <= 3
@@ -47,7 +48,7 @@ def test_support_has_exactly_n_and_sparse_grad_is_zero_off_support(mode):
 def test_update_has_declared_rank_and_sparsity_after_training_steps():
     torch.manual_seed(2)
     layer = dsee.DSEELinear(torch.nn.Linear(16, 12), rank=2, alpha=4.0, sparse_n=5, omega="rp")
-    opt = torch.optim.SGD([layer.lora_a, layer.lora_b, layer.sparse], lr=0.05)
+    opt = torch.optim.SGD([layer.lora_a, layer.lora_b, layer.sparse_values], lr=0.05)
     x, target = torch.randn(32, 16), torch.randn(32, 12)
     for _ in range(10):
         opt.zero_grad()
