@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from honed.compress.imp import (RewindCapture, StepTrainer, iterative_magnitude_pruning, random_reinit,
-                                reinitialize, rewind, train_ticket)
+from honed.compress.imp import (PlainTrainer, RewindCapture, StepTrainer, iterative_magnitude_pruning,
+                                random_reinit, reinitialize, rewind, train_ticket)
 from honed.compress.masks import count_kept, count_total, is_nested, shuffle_mask
 from honed.core.errors import InputError
 from honed.core.loop import evaluate_classifier, train
@@ -120,7 +120,7 @@ def test_bad_imp_arguments_are_clear_errors(kw, match):
 
 def test_rewind_step_beyond_training_is_a_clear_error():
     trainer = StepTrainer(Batches(toy_task(), 32), total_steps=4)
-    with pytest.raises(InputError, match="rewind_step=10"):
+    with pytest.raises(InputError, match="optimizer step 10"):
         iterative_magnitude_pruning(small_net(), trainer, 1, rewind_step=10)
 
 
@@ -129,3 +129,63 @@ def test_a_level_is_exactly_train_ticket_from_the_rewind_point():
     again = train_ticket(small_net(7), result.rewind_state, result.masks[-1], trainer, result.rewind_step)
     for key, value in result.levels[-1].trained.items():
         assert torch.equal(again.state_dict()[key], value), key
+
+
+def plain_train(data: Split, log: list | None = None):
+    """A user's own loop: ``train(model, steps)``, its optimizer built inside (with weight decay and
+    momentum, which would revive pruned weights without a mask in the forward pass)."""
+    def train(model: nn.Module, steps: int) -> None:
+        gen = torch.Generator().manual_seed(len(log) if log is not None else 0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        for _ in range(steps):
+            idx = torch.randint(0, len(data.x), (32,), generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if log is not None:
+            log.append(steps)
+
+    return train
+
+
+def test_imp_drives_a_plain_train_function():
+    data, log = toy_task(), []
+    model = small_net()
+    result = iterative_magnitude_pruning(model, plain_train(data, log), 2, steps=12, rewind_step=3,
+                                         keep_trained=True)
+    assert log == [3, 9, 9, 9]  # dense run split at the rewind point, then each level from there
+    for level in result.levels:
+        assert all(torch.all(level.trained[n][~keep] == 0) for n, keep in level.mask.items())
+    assert all(torch.all(p[~result.masks[-1][n]] == 0) for n, p in model.named_parameters() if n in result.masks[-1])
+    assert is_nested(result.masks[2], result.masks[1])
+    again = small_net()  # the rewind point is the user's loop after 3 steps from theta_init
+    plain_train(data, [])(again, 3)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in result.rewind_state.items())
+
+
+def test_plain_trainer_serves_train_ticket_and_keeps_parameter_objects():
+    data = toy_task()
+    model = small_net()
+    params = list(model.parameters())
+    mask = {"0.weight": torch.rand(16, 6) > 0.5}
+    train_ticket(model, small_net().state_dict(), mask, PlainTrainer(plain_train(data), 5), 0)
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    assert list(dict(model.named_parameters())) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert torch.all(model[0].weight[~mask["0.weight"]] == 0) and torch.any(model[0].weight != 0)
+
+
+def test_a_plain_function_without_steps_and_a_train_fn_ignoring_callbacks_are_clear_errors():
+    data = toy_task()
+    with pytest.raises(InputError, match="pass steps="):
+        iterative_magnitude_pruning(small_net(), plain_train(data), 1)
+    with pytest.raises(InputError, match="smaller than steps"):
+        iterative_magnitude_pruning(small_net(), plain_train(data), 1, steps=4, rewind_step=4)
+
+    def ignores_callbacks(model, start_step, callbacks):
+        plain_train(data)(model, 4)
+
+    with pytest.raises(InputError, match="rewind point .optimizer step 2. was never captured"):
+        iterative_magnitude_pruning(small_net(), ignores_callbacks, 1, rewind_step=2)
+    with pytest.raises(InputError, match="pruned weights become non-zero"):  # rewind_step=0 no longer misleads
+        iterative_magnitude_pruning(small_net(), ignores_callbacks, 1, rewind_step=0)

@@ -8,8 +8,8 @@ from torch import nn
 
 from honed.compress.cost import cost_columns
 from honed.compress.masks import (MaskCallback, apply_mask, count_kept, is_nested, magnitude_prune,
-                                  mask_gradients, ones_mask, prunable_weights, random_prune, shuffle_mask,
-                                  sparsity)
+                                  mask_gradients, masked_weights, ones_mask, prunable_weights, random_prune,
+                                  shuffle_mask, sparsity)
 from honed.core.errors import InputError
 from honed.core.loop import train
 
@@ -126,6 +126,37 @@ def test_plain_function_path_for_a_users_own_loop():
         opt.step()
         apply_mask(model, mask)
     assert torch.all(model[3].weight[~mask["3.weight"]] == 0)
+
+
+def test_masked_weights_trains_a_plain_loop_exactly_like_the_callback():
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    mask = magnitude_prune(tiny_mlp(), 0.7)
+    with_callback = tiny_mlp()
+    opt = torch.optim.SGD(with_callback.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    train(with_callback, [(x, y)] * 5, opt, epochs=1, callbacks=[MaskCallback(mask)], progress=False)
+    plain = tiny_mlp()
+    names, params = list(dict(plain.named_parameters())), list(plain.parameters())
+    opt = torch.optim.SGD(plain.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)  # built before the block
+    with masked_weights(plain, mask):
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(plain(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(with_callback.state_dict().items(), plain.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert list(dict(plain.named_parameters())) == names and all(p is q for p, q in zip(plain.parameters(), params))
+    opt.zero_grad()
+    nn.functional.cross_entropy(plain(x), y).backward()
+    opt.step()  # outside the block nothing masks any more
+    assert torch.any(plain[0].weight[~mask["0.weight"]] != 0)
+
+
+def test_magnitude_prune_refuses_nonfinite_weights():
+    model = tiny_mlp()
+    with torch.no_grad():
+        model[3].weight[0, 0] = float("nan")
+    with pytest.raises(InputError, match="'3.weight' contain NaN"):
+        magnitude_prune(model, 0.5)
 
 
 def test_shuffle_mask_keeps_layer_density():

@@ -13,13 +13,17 @@ Keep pruned weights at zero during training either
 
 * with :class:`MaskCallback` in ``honed.core.loop.train(..., callbacks=[MaskCallback(mask)])``
   (masks the gradient before the optimizer step and re-applies the mask after it), or
-* in your own loop: ``loss.backward(); mask_gradients(model, mask); opt.step(); apply_mask(model, mask)``.
+* in your own loop: ``loss.backward(); mask_gradients(model, mask); opt.step(); apply_mask(model, mask)``,
+  or without touching the loop at all: ``with masked_weights(model, mask): your_training(model)``
+  (it hooks every optimizer step inside the block).
 """
 import math
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
@@ -128,6 +132,43 @@ class MaskCallback(Callback):
             param.mul_(keep)
 
 
+@contextmanager
+def masked_weights(model: nn.Module, mask: Mask) -> Iterator[nn.Module]:
+    """LTH (arXiv:1803.03635) masking for any training loop: inside the block, around every
+    ``step()`` of any ``torch.optim.Optimizer``, the gradients of pruned entries are zeroed before the
+    step and the pruned entries after it (what :class:`MaskCallback` does in honed's loop), so no
+    weight decay or momentum revives them. Parameters keep their objects, names and order; on exit
+    the mask is applied once more."""
+    apply_mask(model, mask)
+    params = _parameters(model)
+    pairs = [(params[k], v.to(params[k].device)) for k, v in mask.items()]
+
+    @torch.no_grad()
+    def mask_grads(optimizer, args, kwargs) -> None:
+        for param, keep in pairs:
+            if param.grad is not None:
+                param.grad.mul_(keep.to(param.grad.dtype))
+
+    @torch.no_grad()
+    def mask_weights(optimizer, args, kwargs) -> None:
+        for param, keep in pairs:
+            param.mul_(keep.to(param.dtype))
+
+    handles = [register_optimizer_step_pre_hook(mask_grads), register_optimizer_step_post_hook(mask_weights)]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        apply_mask(model, mask)
+
+
+def pruned_entries_are_zero(model: nn.Module, mask: Mask) -> bool:
+    """True when every entry ``mask`` prunes is exactly 0 in ``model``."""
+    params = _parameters(model)
+    return all(bool((params[k].detach()[~v.to(params[k].device)] == 0).all()) for k, v in mask.items())
+
+
 def count_kept(mask: Mask) -> int:
     """Number of weights a mask keeps (True entries) over all its tensors."""
     return int(sum(int(v.sum()) for v in mask.values()))
@@ -234,6 +275,9 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global",
     sparse_global) or ``"layerwise"`` (each layer to the same sparsity).
     """
     targets = _targets(model, current, ignore)
+    for name, weight in targets.items():
+        if not bool(torch.isfinite(weight).all()):
+            raise InputError(f"weights of layer '{name}' contain NaN or inf: magnitude pruning needs finite weights")
     scores = {k: p.detach().abs() for k, p in targets.items()}
     cur = None if current is None else {k: current[k] for k in targets}
     out = prune_by_score(scores, sparsity, scope, cur)
