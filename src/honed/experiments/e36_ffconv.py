@@ -20,8 +20,9 @@ from torch import nn
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.core.loop import evaluate_classifier, train
+from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
+                                   register_experiment)
+from honed.core.loop import correct_per_example, evaluate_classifier, train
 from honed.data import Batches, create_dataset
 from honed.private.ffconv import Square, convert_to_ffconv
 from honed.private.he_packing import CostModel
@@ -33,12 +34,13 @@ HE_ARMS = {"standard/densepack": ("standard", "dense"), "standard/convpack": ("s
 
 @dataclass(frozen=True)
 class FFConvConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset (the card's 40 epochs x 3 seeds, 50 encrypted test images).
+    """Defaults are the ``small`` preset: the card's 40 epochs and 50 encrypted test images, with 5 seeds
+    instead of the card's 3 so the paired accuracy intervals (widened to the seed-t interval) can decide.
     ``ranks`` are the FFConv ranks of the two convs (card: first layer 4, then C_out/4 = 8);
     ``finetune_epochs`` (R) is the fine-tuning after SVD initialisation (the card gives no number);
     ``slots`` (R) is S = 4096 (CKKS ring degree 8192), which the card leaves open."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
     epochs: int = 40
     finetune_epochs: int = 10
@@ -130,7 +132,7 @@ class FFConvExperiment(Experiment):
     claims_tested = ("FFConv modelled conv latency >= 50% below all-DensePack",
                      "FFConv modelled conv latency below all-ConvPack",
                      "FFConv accuracy within 1.5 points of the standard net",
-                     "simulated encrypted inference equals torch (|err| < 1e-6)")
+                     "(invariant) simulated encrypted inference equals torch (|err| < 1e-6)")
 
     def run_seed(self, cfg: FFConvConfig, seed: int, ctx: Any) -> SeedOutput:
         data = create_dataset("digits", size=8, split_seed=cfg.split_seed,
@@ -147,12 +149,13 @@ class FFConvExperiment(Experiment):
         svd_acc0 = evaluate_classifier(svd, data.test.x, data.test.y)["accuracy"]
         curve_svd = fit(svd, data, cfg, cfg.finetune_epochs, cfg.finetune_lr, seed, ctx, "ffconv_svd")
         nets = {"standard": standard, "ffconv": svd, "ffconv_scratch": scratch}
-        arms = {"standard": {"test_acc": curve_std[-1]},
-                "ffconv_scratch": {"test_acc": curve_scratch[-1]}}
+        test_x, test_y = data.test.x.to(ctx.device), data.test.y.to(ctx.device)
+        correct = {arm: correct_per_example(net, test_x, test_y) for arm, net in nets.items()}  # paired intervals
+        arms = {"standard": {"test_acc": correct["standard"]}, "ffconv_scratch": {"test_acc": correct["ffconv_scratch"]}}
         for arm, (net, plan) in HE_ARMS.items():
             arms[arm] = dict(ctx.cached(f"he_{arm.replace('/', '_')}", lambda n=net, p=plan: he_metrics(
                 nets[n], images, p, cfg.slots)))
-        arms["ffconv"]["test_acc"] = curve_svd[-1]
+        arms["ffconv"]["test_acc"] = correct["ffconv"]
         scratch_he = ctx.cached("he_ffconv_scratch", lambda: he_metrics(scratch, images, "ffconv", cfg.slots))
         arms["ffconv_scratch"]["max_abs_err"] = scratch_he["max_abs_err"]
         curves = {"test_acc (training from scratch)": {"standard": curve_std, "ffconv_scratch": curve_scratch},
@@ -160,27 +163,36 @@ class FFConvExperiment(Experiment):
         return SeedOutput(arms=arms, extra={"svd_acc_before_finetune": svd_acc0}, curves=curves)
 
     def claims(self, cfg: FFConvConfig, result: Any) -> list[Claim]:
-        mean = result.mean
-        dense, conv, ff = (mean(a, "conv_latency") for a in ("standard/densepack", "standard/convpack", "ffconv"))
-        errors = [mean(a, "max_abs_err") for a in ("standard/densepack", "standard/convpack", "ffconv",
-                                                    "ffconv_scratch")]
+        m = result.metric
+        dense, conv, ff = (m(a, "conv_latency") for a in ("standard/densepack", "standard/convpack", "ffconv"))
+        modelled = ("modelled: op counts of the plan run on the slot simulator x the card's cost model "
+                    "(c_rot 10, c_hma 1, c_add 0.1, c_sq 2); no sampling error, so compared exactly")
         claims = [
-            Claim.check("conv_latency_cut_vs_densepack", 1 - ff / dense, ">=", 0.5,
+            Claim.check("modelled conv latency cut of ffconv vs all-DensePack", 1 - ff / dense, ">=", 0.5,
                         "card: FFConv modelled latency >= 50% below all-DensePack for the conv layers "
-                        "(paper: up to 87-88% below LoLa)", metric="conv_latency"),
-            Claim.check("conv_latency_ratio_vs_convpack", ff / conv, "<", 1.0,
-                        "card: FFConv modelled conv latency below all-ConvPack (paper: 12-21% below Falcon)",
-                        metric="conv_latency"),
+                        f"(paper: up to 87-88% below LoLa); {modelled}", metric="conv_latency", exact=True,
+                        requires=()),
+            Claim.check("modelled conv latency ratio ffconv / all-ConvPack", ff / conv, "<", 1.0,
+                        f"card: FFConv modelled conv latency below all-ConvPack (paper: 12-21% below Falcon); "
+                        f"{modelled}", metric="conv_latency", exact=True, requires=()),
         ]
         for arm in self.method:
             claims.append(Claim.check(
-                f"acc_drop_points_{arm}",
-                100 * (mean("standard", "test_acc") - mean(arm, "test_acc")), "<=", 1.5,
-                "card: accuracy within 1.5 points of the standard net", metric="test_acc"))
-        claims.append(Claim.check("max_abs_logit_error", max(errors), "<", 1e-6,
-                                  "card: encrypted-style outputs equal the torch model (|err| < 1e-6)",
-                                  metric="max_abs_err"))
+                f"accuracy drop (points) standard - {arm}", 100 * (m("standard", "test_acc") - m(arm, "test_acc")),
+                "<=", 1.5, "card: accuracy within 1.5 points of the standard net", metric="test_acc",
+                requires=tuple(f"{a} above chance" for a in ("standard", arm))))
         return claims
+
+    def preconditions(self, cfg: FFConvConfig, result: Any) -> list[Precondition]:
+        # the card's standard net sits near 97% on digits; a net far below it makes "within 1.5 points" cheap
+        return arms_above_chance(result, ("standard", "ffconv", "ffconv_scratch"), "test_acc", 0.1, 0.7)
+
+    def invariants(self, cfg: FFConvConfig, result: Any) -> list[Invariant]:
+        errors = [result.mean(a, "max_abs_err") for a in ("standard/densepack", "standard/convpack", "ffconv",
+                                                           "ffconv_scratch")]
+        return [Invariant.check("max |simulated logit - torch float64 logit|", max(errors), "<", 1e-6,
+                                "the slot simulator runs the plan in float64 with no encryption noise: its logits "
+                                "equal torch's by construction (card check |err| < 1e-6)")]
 
     def notes(self, cfg: FFConvConfig, result: Any) -> list[str]:
         mean = result.mean
