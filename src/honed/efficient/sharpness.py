@@ -1,7 +1,8 @@
 """Sharpness measures used to judge SmoothOut (arXiv:1805.07898): Keskar et al.'s epsilon-sharpness
 (On Large-Batch Training for Deep Learning, arXiv:1609.04836) and the mean loss increase under random
 uniform weight perturbations. Both evaluate the model in eval mode (deterministic BatchNorm) and
-restore its weights and train/eval mode bit-identically afterwards.
+restore its weights and the train/eval flag of every submodule (a frozen BN inside a training model
+stays frozen) bit-identically afterwards.
 """
 from typing import Callable
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from honed.core.errors import InputError
 from honed.efficient.smoothout import SmoothOut, check_amplitude
+from honed.robust.attacks.base import eval_mode
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -25,9 +27,22 @@ def _positive_int(value: int, name: str) -> int:
     return value
 
 
+def _check_weights(model: nn.Module) -> None:
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise InputError(f"the model's weights hold NaN or inf (in {', '.join(bad[:3])}); sharpness is undefined")
+
+
 @torch.no_grad()
 def _loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(loss_fn(model(x), y))
+
+
+def _base_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
+    base = _loss(model, loss_fn, x, y)
+    if not torch.isfinite(torch.tensor(base)):
+        raise InputError(f"the loss at the unperturbed weights is {base}; sharpness needs a finite loss")
+    return base
 
 
 def epsilon_sharpness(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
@@ -43,28 +58,33 @@ def epsilon_sharpness(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     eps = check_amplitude(eps, "eps")
     steps = _positive_int(steps, "steps")
     _check_batch(x, y)
+    _check_weights(model)
     params = [p for p in model.parameters() if p.requires_grad]
     clean = [p.detach().clone() for p in params]
     bounds = [eps * (c.abs() + 1.0) for c in clean]
-    was_training = model.training
-    model.eval()
-    try:
-        base = _loss(model, loss_fn, x, y)
-        best = base
-        for _ in range(steps):
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+    with eval_mode(model):
+        try:
+            return _ascend(model, loss_fn, x, y, params, clean, bounds, steps)
+        finally:
             with torch.no_grad():
-                for p, c, b, g in zip(params, clean, bounds, grads):
-                    if g is None:
-                        continue
-                    moved = p.data + (2.5 / steps) * b * torch.sign(g)
-                    p.data.copy_(torch.maximum(torch.minimum(moved, c + b), c - b))
-            best = max(best, _loss(model, loss_fn, x, y))
-    finally:
+                for p, c in zip(params, clean):
+                    p.data.copy_(c)
+
+
+def _ascend(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, params: list,
+            clean: list, bounds: list, steps: int) -> float:
+    """Projected sign-gradient ascent inside the box; returns the epsilon-sharpness in percent."""
+    base = _base_loss(model, loss_fn, x, y)
+    best = base
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
         with torch.no_grad():
-            for p, c in zip(params, clean):
-                p.data.copy_(c)
-        model.train(was_training)
+            for p, c, b, g in zip(params, clean, bounds, grads):
+                if g is None:
+                    continue
+                moved = p.data + (2.5 / steps) * b * torch.sign(g)
+                p.data.copy_(torch.maximum(torch.minimum(moved, c + b), c - b))
+        best = max(best, _loss(model, loss_fn, x, y))
     return 100.0 * (best - base) / (1.0 + base)
 
 
@@ -78,15 +98,12 @@ def random_perturbation_loss_increase(model: nn.Module, loss_fn: Callable, x: to
     """
     draws = _positive_int(draws, "draws")
     _check_batch(x, y)
+    _check_weights(model)
     noise = SmoothOut(model, amplitude, mode=mode, exclude_bn=exclude_bn, generator=generator)
-    was_training = model.training
-    model.eval()
-    try:
-        base = _loss(model, loss_fn, x, y)
+    with eval_mode(model):
+        base = _base_loss(model, loss_fn, x, y)
         total = 0.0
         for _ in range(draws):
             with noise.perturbed():
                 total += _loss(model, loss_fn, x, y) - base
-    finally:
-        model.train(was_training)
     return total / draws

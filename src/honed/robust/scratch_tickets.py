@@ -12,6 +12,7 @@ arXiv:1911.13299).
   perturbation of the cross-entropy, SGD on the scores only.
 * :class:`Ticket`, :func:`extract_ticket`, :func:`apply_ticket`: a found subnetwork = per-layer
   boolean masks + the running statistics of the network's non-affine BatchNorms.
+* :func:`to_subnet`: a user's own MLP / CNN with its Linear and Conv2d layers made subnet layers.
 * :class:`RandomTicketSwitch` (R2S): several tickets sharing one weight tensor; each forward uses one
   ticket drawn uniformly at random (per batch by default, or per input).
 * :class:`EOTPGD`: the adaptive attack on R2S - PGD whose gradient is the exact expectation over the
@@ -20,6 +21,7 @@ arXiv:1911.13299).
 Inputs are images in [0, 1] (normalisation, if any, lives inside the model). Steps the card marks
 reconstructed are named options: ``weight_init`` ("signed_constant" default, or "kaiming_normal").
 """
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,7 +142,8 @@ def subnet_layers(network: nn.Module) -> dict[str, _Subnet]:
     """``{module name: layer}`` of every subnet layer of ``network`` (InputError when there is none)."""
     layers = {name: m for name, m in network.named_modules() if isinstance(m, _Subnet)}
     if not layers:
-        raise InputError(f"{type(network).__name__} has no SubnetLinear/SubnetConv2d layer")
+        raise InputError(f"{type(network).__name__} has no SubnetLinear/SubnetConv2d layer; convert a plain "
+                         "model with to_subnet(model, keep_ratio) first")
     return layers
 
 
@@ -165,6 +168,42 @@ def scratch_mlp(in_features: int = 64, hidden: Sequence[int] = (512, 512), num_c
     layers.append(SubnetLinear(widths[-1], check_count(num_classes, "num_classes", 2), keep_ratio, weight_init,
                                gen, device))
     return nn.Sequential(*layers)
+
+
+def to_subnet(model: nn.Module, keep_ratio: float = 0.1, weight_init: str = "signed_constant",
+              seed: int = 0) -> nn.Module:
+    """RST (arXiv:2110.14068) on a user's architecture: a deep copy of ``model`` in which every
+    ``nn.Linear`` and ``nn.Conv2d`` (groups=1, dilation 1, square kernel/stride/padding, zero padding)
+    is a :class:`SubnetLinear` / :class:`SubnetConv2d` with frozen weights and trainable scores.
+    ``weight_init``: "signed_constant" / "kaiming_normal" draw fresh random weights (the card; ``seed``
+    fixes them), "keep" freezes the layer's current weights. Biases are dropped (edge-popup layers have
+    none); BatchNorms are kept as they are (the card's are non-affine). Any other conv is refused."""
+    if weight_init not in (*WEIGHT_INITS, "keep"):
+        raise InputError(f"weight_init must be one of {WEIGHT_INITS + ('keep',)}, got {weight_init!r}")
+    check_keep_ratio(keep_ratio)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise InputError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to turn into a subnet")
+    for name, m in layers:
+        if isinstance(m, nn.Conv2d) and not (m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros"
+                                             and not isinstance(m.padding, str)
+                                             and all(len(set(v)) == 1 for v in (m.kernel_size, m.stride, m.padding))):
+            raise InputError(f"conv '{name}' cannot become a SubnetConv2d (needs groups=1, dilation 1, square "
+                             "kernel/stride/padding and zero padding)")
+    gen, new = torch.Generator().manual_seed(seed), copy.deepcopy(model)
+    init = "signed_constant" if weight_init == "keep" else weight_init
+    for name, m in layers:
+        device = m.weight.device
+        if isinstance(m, nn.Linear):
+            layer = SubnetLinear(m.in_features, m.out_features, keep_ratio, init, gen, device)
+        else:
+            layer = SubnetConv2d(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
+                                 keep_ratio, init, gen, device)
+        if weight_init == "keep":
+            layer.weight.copy_(m.weight.detach())
+        parent, _, leaf = name.rpartition(".")
+        setattr(new.get_submodule(parent) if parent else new, leaf, layer)
+    return new
 
 
 def frozen_weights(network: nn.Module) -> dict[str, torch.Tensor]:

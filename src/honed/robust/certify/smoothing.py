@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 
 from honed.core.errors import InputError
 from honed.data.base import check_images
+from honed.robust.attacks.base import eval_mode
 from honed.robust.certify.bounds import check_alpha, check_sigma, certified_radius, clopper_pearson_lower
 
 ABSTAIN = -1
@@ -48,7 +49,7 @@ class Smooth:
 
     Args:
         base: ``nn.Module`` mapping a batch ``(B, *input_shape)`` to logits ``(B, num_classes)``; it is
-            put in eval mode while sampling (its previous mode is restored).
+            put in eval mode while sampling (every submodule's own train/eval flag is restored).
         num_classes: K >= 2.
         sigma: noise level > 0 (the same sigma the base model was trained with).
         device: where the noise and the counts live (default CPU); the base must already be there.
@@ -89,13 +90,8 @@ class Smooth:
         ``x + N(0, sigma^2 I)``, evaluated ``batch_size`` at a time."""
         x = self.check_input(x)
         num, batch_size = check_count(num, "num"), check_count(batch_size, "batch_size")
-        was_training = self.base.training
-        self.base.eval()
-        try:
-            with torch.inference_mode():
-                return self._count(x, num, batch_size).cpu().numpy()
-        finally:
-            self.base.train(was_training)
+        with eval_mode(self.base), torch.inference_mode():
+            return self._count(x, num, batch_size).cpu().numpy()
 
     def _count(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)

@@ -29,6 +29,7 @@ from torch import nn
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
 from honed.data.base import check_images
+from honed.robust.attacks.base import eval_mode
 
 OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize", "shear_x", "shear_y", "translate_x",
        "translate_y")
@@ -128,9 +129,10 @@ class DualBN2d(nn.Module):
     """Dual BatchNorm (AugMax, arXiv:2110.13771): a main ('M') and an auxiliary ('A') BatchNorm2d, chosen by
     ``route``; input (N, C, H, W)."""
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
         super().__init__()
-        self.main, self.aux = nn.BatchNorm2d(channels, eps, momentum), nn.BatchNorm2d(channels, eps, momentum)
+        self.main, self.aux = (nn.BatchNorm2d(channels, eps, momentum, affine, track_running_stats) for _ in range(2))
         self.route = "M"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,20 +141,45 @@ class DualBN2d(nn.Module):
 
 class DuBIN(nn.Module):
     """DuBIN (AugMax, arXiv:2110.13771; IBN-a style): the first round(C * instance_ratio) channels go through
-    InstanceNorm2d(affine), the rest through a DualBN2d; output = concat. instance_ratio = 0 is DualBN2d."""
+    InstanceNorm2d(affine), the rest through a DualBN2d; output = concat. instance_ratio = 0 is DualBN2d.
 
-    def __init__(self, channels: int, instance_ratio: float = 0.5, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    Loading the state_dict of the plain ``BatchNorm2d`` it replaced (keys ``weight``, ``bias``,
+    ``running_mean``, ...) also works: both BN branches take the channels after the split and the
+    InstanceNorm the affine parameters of the channels before it, as :func:`convert_to_dubin` does."""
+
+    def __init__(self, channels: int, instance_ratio: float = 0.5, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
         super().__init__()
         if not 0 <= instance_ratio < 1:
             raise InputError(f"instance_ratio must be in [0, 1), got {instance_ratio}")
         self.split = int(round(channels * instance_ratio))
         self.inorm = nn.InstanceNorm2d(self.split, eps=eps, affine=True) if self.split else None
-        self.bn = DualBN2d(channels - self.split, eps, momentum)
+        self.bn = DualBN2d(channels - self.split, eps, momentum, affine, track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inorm is None:
             return self.bn(x)
         return torch.cat((self.inorm(x[:, :self.split].contiguous()), self.bn(x[:, self.split:].contiguous())), 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        plain = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict)
+                 if k.startswith(prefix) and "." not in k[len(prefix):]}
+        for key, value in _bn_to_dubin(plain, self.split, self.inorm is not None).items():
+            state_dict[prefix + key] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _bn_to_dubin(plain: dict, split: int, has_inorm: bool) -> dict:
+    """State of a plain BatchNorm2d (keys weight, bias, running_mean, running_var, num_batches_tracked)
+    as DuBIN keys: both BN branches get the entries after ``split``, the InstanceNorm the affine ones
+    before it."""
+    out = {}
+    for key, value in plain.items():
+        for branch in ("main", "aux"):
+            out[f"bn.{branch}.{key}"] = value[split:] if value.dim() else value
+        if has_inorm and key in ("weight", "bias"):
+            out[f"inorm.{key}"] = value[:split]
+    return out
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -160,38 +187,54 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
+def _plain_batchnorms(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """(name, module) of every BatchNorm2d of ``model`` that is not already a branch of a DualBN2d."""
+    inside = {id(m) for d in model.modules() if isinstance(d, DualBN2d) for m in (d.main, d.aux)}
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in inside]
+
+
 def dubin_layer_names(model: nn.Module, dubin_stages: str = "all_but_last") -> list[str]:
-    """Names of the first norm of every residual block (modules named ``stages.<i>.<j>.bn1``, as in
-    honed's resnet_s) in all stages but the last ("all_but_last", the card's stages 1-3 of 4) or "all"."""
-    names = [n for n, m in model.named_modules() if n.startswith("stages.") and n.endswith(".bn1")
-             and isinstance(m, nn.BatchNorm2d)]
+    """Which BatchNorm2d layers get DuBIN's InstanceNorm: with honed's resnet_s naming, the first norm of
+    every residual block (``stages.<i>.<j>.bn1``) in all stages but the last ("all_but_last", the card's
+    stages 1-3 of 4) or in "all" stages. Any other model is read by type: its BatchNorm2d layers in
+    module order, all but the last one ("all_but_last": IN only in the earlier layers) or "all"."""
+    if dubin_stages not in ("all_but_last", "all"):
+        raise InputError(f"dubin_stages must be 'all_but_last' or 'all', got {dubin_stages!r}")
+    norms = [n for n, _ in _plain_batchnorms(model)]
+    names = [n for n in norms if n.startswith("stages.") and n.endswith(".bn1")]
+    if not names:
+        return norms if dubin_stages == "all" else norms[:-1]
     if dubin_stages == "all":
         return names
-    if dubin_stages != "all_but_last":
-        raise InputError(f"dubin_stages must be 'all_but_last' or 'all', got {dubin_stages!r}")
-    last = max((int(n.split(".")[1]) for n in names), default=-1)
+    last = max(int(n.split(".")[1]) for n in names)
     return [n for n in names if int(n.split(".")[1]) < last]
 
 
 def convert_to_dubin(model: nn.Module, dubin_layers: Iterable[str] | None = None,
                      instance_ratio: float = 0.5) -> nn.Module:
-    """In place: every BatchNorm2d becomes a DualBN2d, those named in ``dubin_layers`` (default
-    :func:`dubin_layer_names`) a DuBIN; both BN branches start from the old BN's parameters and stats."""
+    """In place: every BatchNorm2d (found by type) becomes a :class:`DuBIN`; those named in
+    ``dubin_layers`` (default :func:`dubin_layer_names`) get ``instance_ratio`` of their channels in an
+    InstanceNorm, the others none (a DuBIN holding only its DualBN2d). Both BN branches start from the
+    old BN's parameters and statistics, the InstanceNorm from its affine parameters, so a checkpoint
+    of the unconverted model loads into the converted one. A model without any BatchNorm2d is refused;
+    a second call leaves an already converted model as it is. Returns ``model``."""
+    norms = _plain_batchnorms(model)
+    converted = {n for n, m in model.named_modules() if isinstance(m, DuBIN)}
+    if not norms and not converted:
+        raise InputError(f"{type(model).__name__} has no BatchNorm2d layer to convert to DuBIN")
     names = set(dubin_layer_names(model) if dubin_layers is None else dubin_layers)
-    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    missing = names - {n for n, _ in norms}
+    missing = names - {n for n, _ in norms} - converted
     if missing:
-        raise InputError(f"no BatchNorm2d named {sorted(missing)}")
+        raise InputError(f"no BatchNorm2d named {sorted(missing)} (BatchNorm2d layers: {[n for n, _ in norms]})")
+    if not 0 <= instance_ratio < 1:
+        raise InputError(f"instance_ratio must be in [0, 1), got {instance_ratio}")
     for name, bn in norms:
-        new = DuBIN(bn.num_features, instance_ratio if name in names else 0.0, bn.eps, bn.momentum or 0.1)
-        for branch in (new.bn.main, new.bn.aux):
-            branch.load_state_dict(_bn_slice(bn.state_dict(), new.split))
-        _replace(model, name, new.to(bn.weight.device).train(bn.training))
+        new = DuBIN(bn.num_features, instance_ratio if name in names else 0.0, bn.eps, bn.momentum or 0.1,
+                    bn.affine, bn.track_running_stats)
+        new.load_state_dict(bn.state_dict())
+        device = next(iter(bn.state_dict().values()), torch.empty(0)).device
+        _replace(model, name, new.to(device).train(bn.training))
     return model
-
-
-def _bn_slice(state: dict, start: int) -> dict:
-    return {k: (v[start:] if v.dim() else v) for k, v in state.items()}
 
 
 def set_route(model: nn.Module, route: str) -> None:
@@ -217,6 +260,7 @@ def _check_attack_args(x, y, chains, steps, step_size, tau):
     check_images(x, "images", dims=4)
     if y.shape != (len(x),) or chains.dim() != 5 or chains.shape[0] != len(x):
         raise InputError(f"need y (N,) and chains (N, K, C, H, W); got {tuple(y.shape)}, {tuple(chains.shape)}")
+    check_images(chains.flatten(0, 1), "augmentation chains", dims=4)
     if steps < 0 or step_size <= 0 or tau < 1:
         raise InputError(f"need steps >= 0, step_size > 0, tau >= 1; got {steps}, {step_size}, {tau}")
 
@@ -227,31 +271,27 @@ def augmax_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chains: to
     """AugMax's adversarial mixing (arXiv:2110.13771) by FAT sign-gradient ascent on CE(sum): m <- clip(m + a
     sign(dL/dm), 0, 1), q <- q + a sign(dL/dq), w = softmax(q); x (N, C, H, W) in [0, 1], y (N,), chains
     (N, K, C, H, W). Init m ~ U[0,1), q ~ U[0,1)^K unless given. A sample misclassified ``tau`` times stops
-    moving; the loop ends when none moves. Runs in eval mode on route ``route``; no parameter grads.
+    moving; the loop ends when none moves. Runs in eval mode on route ``route`` (every submodule's mode is
+    restored); no parameter grads. NaN or out-of-range chains are refused.
     Returns (x_adv (N, C, H, W), m (N,), w (N, K))."""
     _check_attack_args(x, y, chains, steps, step_size, tau)
     n, k = chains.shape[:2]
     m = (torch.rand(n, generator=generator) if m is None else m.detach().cpu()).to(x).clone()
     q = (torch.rand(n, k, generator=generator) if q is None else q.detach().cpu()).to(x).clone()
     count = torch.zeros(n, dtype=torch.long, device=x.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with norm_route(model, route), torch.enable_grad():
-            for _ in range(steps):
-                m.requires_grad_(True)
-                q.requires_grad_(True)
-                logits = model(mix(x, chains, q.softmax(1), m))
-                gm, gq = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), (m, q))
-                count += (logits.argmax(1) != y).long() * (count < tau).long()
-                move = (count < tau).to(x.dtype)
-                with torch.no_grad():
-                    m = (m + step_size * gm.sign() * move).clamp(0, 1)
-                    q = q + step_size * gq.sign() * move[:, None]
-                if not bool(move.any()):
-                    break
-    finally:
-        model.train(was_training)
+    with eval_mode(model), norm_route(model, route), torch.enable_grad():
+        for _ in range(steps):
+            m.requires_grad_(True)
+            q.requires_grad_(True)
+            logits = model(mix(x, chains, q.softmax(1), m))
+            gm, gq = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), (m, q))
+            count += (logits.argmax(1) != y).long() * (count < tau).long()
+            move = (count < tau).to(x.dtype)
+            with torch.no_grad():
+                m = (m + step_size * gm.sign() * move).clamp(0, 1)
+                q = q + step_size * gq.sign() * move[:, None]
+            if not bool(move.any()):
+                break
     m, w = m.detach(), q.detach().softmax(1)
     return mix(x, chains, w, m).detach(), m, w
 
