@@ -261,3 +261,23 @@ def test_packed_file_of_another_model_raises_store_error(tmp_path):
     other = create_model("cnn", in_channels=1, num_classes=10, channels=(4, 8), hidden=32, pooled=2)
     with pytest.raises(StoreError, match="does not fit"):
         load_packed(other, tmp_path / "m.hpq")
+
+
+def test_attaching_twice_or_a_bad_plan_is_refused_before_anything_is_attached():
+    model = small_cnn()
+    plans = opq_plan(model, 0.75, avg_bits=3.0)
+    attach_quantizers(model, plans)
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(InputError, match="already carries an OPQ quantiser"):
+        attach_quantizers(model, plans)
+    assert [n for n, _ in model.named_parameters()] == names
+    assert all(len(m.parametrizations.weight) == 1 for m, _ in quantized_layers(model).values())
+    fresh = small_cnn()
+    bad = dict(opq_plan(fresh, 0.75, avg_bits=3.0))
+    last = list(bad)[-1]
+    bad[last] = LayerPlan(torch.ones(2, 2, dtype=torch.bool), 3, "midtread", torch.zeros(2), torch.ones(1), 0.0)
+    with pytest.raises(InputError, match=f"plan of '{last}' has shape"):
+        attach_quantizers(fresh, bad)
+    assert quantized_layers(fresh) == {}  # the good plans before it were not attached either
+    with pytest.raises(InputError, match="not a module weight"):
+        attach_quantizers(fresh, {"nope.weight": bad[last]})

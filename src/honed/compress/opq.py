@@ -336,17 +336,38 @@ def _module_of(model: nn.Module, name: str) -> nn.Module:
 
 def attach_quantizers(model: nn.Module, plans: dict[str, LayerPlan]) -> nn.Module:
     """Register a :class:`FixedCodebookWeight` on each planned weight (keys ``"<module>.weight"``);
-    returns ``model``. Train it as usual: only the latent weights (and other parameters) change."""
+    returns ``model``. Train it as usual: only the latent weights (and other parameters) change.
+    Every plan is checked before anything is attached; a weight that already carries an OPQ
+    quantiser is refused (call :func:`bake` first to compress a compressed model again)."""
+    if not isinstance(plans, dict) or not plans:
+        raise InputError("plans must be a non-empty dict from opq_plan(model, ...)")
+    attached = quantized_layers(model)
+    modules = {}
     for name, plan in plans.items():
-        module = _module_of(model, name)
+        module = _module_of(model, name) if _has_module(model, name) else None
         if not name.endswith("weight") or not isinstance(getattr(module, "weight", None), torch.Tensor):
             raise InputError(f"plan names '{name}', which is not a module weight of {type(model).__name__}")
-        if tuple(plan.mask.shape) != tuple(module.weight.shape):
-            raise InputError(f"plan of '{name}' has shape {tuple(plan.mask.shape)}, the weight {tuple(module.weight.shape)}")
+        if name in attached:
+            raise InputError(f"'{name}' already carries an OPQ quantiser: attach_quantizers was called twice; "
+                             "call bake(model) first to quantise the compressed weights again")
+        if not isinstance(plan, LayerPlan) or tuple(plan.mask.shape) != tuple(module.weight.shape):
+            shape = tuple(plan.mask.shape) if isinstance(plan, LayerPlan) else type(plan).__name__
+            raise InputError(f"plan of '{name}' has shape {shape}, the weight {tuple(module.weight.shape)}")
+        modules[name] = module
+    for name, plan in plans.items():
+        module = modules[name]
         device = module.weight.device
         plan = LayerPlan(plan.mask.to(device), plan.bits, plan.grid, plan.offset.to(device), plan.step.to(device), plan.ratio)
         parametrize.register_parametrization(module, "weight", FixedCodebookWeight(plan))
     return model
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        _module_of(model, name)
+    except AttributeError:
+        return False
+    return True
 
 
 def quantized_layers(model: nn.Module) -> dict[str, tuple[nn.Module, FixedCodebookWeight]]:
