@@ -14,6 +14,18 @@ def runs(tmp_path, monkeypatch):
     return root
 
 
+@pytest.fixture
+def toy_registered():
+    """The toy experiment of tests/core, registered for the duration of a test (CLI tests)."""
+    from honed.core.experiment import EXPERIMENTS, load_experiments
+    from tests.core.toy_experiment import ToyExperiment
+
+    load_experiments()
+    EXPERIMENTS._items[ToyExperiment.id] = ToyExperiment
+    yield
+    EXPERIMENTS._items.pop(ToyExperiment.id)
+
+
 # Tests run two xdist workers on two cores: one torch thread each avoids oversubscription, which on
 # a loaded machine made tiny models ~100x slower. Experiments themselves keep torch's default.
 import torch  # noqa: E402

@@ -5,16 +5,6 @@ import sys
 import pytest
 
 from honed.cli import main
-from honed.core.experiment import EXPERIMENTS, load_experiments
-from tests.core.toy_experiment import ToyExperiment
-
-
-@pytest.fixture
-def toy_registered():
-    load_experiments()
-    EXPERIMENTS._items[ToyExperiment.id] = ToyExperiment
-    yield
-    EXPERIMENTS._items.pop(ToyExperiment.id)
 
 
 def test_run_json_prints_the_result_and_list_shows_status(runs, toy_registered, capsys, monkeypatch):

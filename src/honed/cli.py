@@ -55,17 +55,36 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # usage errors (one line, code 2) and --help (code 0)
+        return int(done.code or 0)
     try:
         from honed import commands
 
         return getattr(commands, f"cmd_{args.command}")(args)
     except HonedError as err:
-        sys.stderr.write(f"honed: error: {err}\n")
+        sys.stderr.write(f"honed: error: {one_line(err)}\n")
+        return EXIT_USAGE
+    except OSError as err:  # a folder that cannot be written, a full or read-only disk
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        sys.stderr.write(f"honed: error: {err.strerror or err}{where}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("honed: interrupted; finished seeds and epochs are kept and the next run resumes\n")
         return 130
+    except Exception as err:  # a bug: one line by default, the traceback on request
+        if os.environ.get("HONED_TRACEBACK"):
+            raise
+        sys.stderr.write(f"honed: internal error: {err.__class__.__name__}: {one_line(err)} "
+                         f"(set HONED_TRACEBACK=1 for the traceback)\n")
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else err.__class__.__name__
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """Implementations of the ``honed`` sub-commands (see ``honed.cli``)."""
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from honed.core.config import PRESETS, load_yaml, override, parse_assignments, preset, to_dict
+from honed.core.config import PRESETS, load_yaml, override, parse_assignments, preset, to_dict, validate_config
 from honed.core.experiment import Experiment, Result, load_experiments
 from honed.core.report import (VERDICT_LABEL, find_runs, fmt, fmt_interval, interval_methods, invariants_table,
                                readable_arms_table, totals_line, write_report)
@@ -30,8 +29,8 @@ def resolve_config(exp: type[Experiment], args) -> Any:
     if args.sets:
         cfg = override(cfg, parse_assignments(args.sets))
     if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seeds=(args.seed,))
-    return cfg
+        cfg = override(cfg, {"seeds": [args.seed]})
+    return validate_config(cfg)
 
 
 def run_status(exp: type[Experiment], root: Path) -> str:
@@ -129,7 +128,7 @@ def cmd_run(args) -> int:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     else:
         print_result(result, console)
-        console.print(f"written to {run_dir(root, exp.id, cfg)}")
+        console.print(f"written to {run_dir(root, exp.id, cfg, device)}")
     return 0
 
 
@@ -137,12 +136,13 @@ def cmd_reproduce(args) -> int:
     registry = load_experiments()
     ids = [registry.get(i).id for i in args.ids] or registry.names()
     device = resolve_device(args.device)
+    configs = {i: resolve_config(registry.get(i), args) for i in ids}  # every bad key refused before any run
     console, root, failed = Console(), out_root(args), []
     for n, exp_id in enumerate(ids, 1):
         exp = registry.get(exp_id)
         console.rule(f"[{n}/{len(ids)}] {exp_id}")
         try:
-            result = run_experiment(exp(), resolve_config(exp, args), args.preset, root, device,
+            result = run_experiment(exp(), configs[exp_id], args.preset, root, device,
                                     force=args.force, on_seed=lambda s: console.print(f"[dim]seed {s}[/dim]"),
                                     log=lambda line: console.print(f"[dim]{line}[/dim]"))
             print_result(result, console)

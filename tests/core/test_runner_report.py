@@ -60,21 +60,34 @@ def test_log_reports_each_computed_part_once_and_not_loaded_ones(runs):
     run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
     assert len(lines) == 1 and lines[0].startswith("seed 0: ours done in ")
     lines.clear()
-    (runs / "99-toy" / "default" / "result.json").unlink()
+    (runs / "99-toy" / "default" / "result_seeds_0.json").unlink()
     (runs / "99-toy" / "default" / "seed_0" / "seed_result.json").unlink()
     run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
     assert lines == []  # the part was loaded from its file, not computed
 
 
-def test_corrupt_seed_result_is_reported_not_overwritten(runs):
+def test_a_corrupt_seed_result_is_named_kept_aside_and_recomputed(runs):
     folder = runs / "99-toy" / "default" / "seed_0"
     folder.mkdir(parents=True)
     (folder / "seed_result.json").write_text("{not json")
-    with pytest.raises(StoreError, match="corrupt"):
-        run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
-    assert (folder / "seed_result.json").read_text() == "{not json"
-    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", force=True)
+    lines = []
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
     assert result.arms["base"]["acc"]["mean"] == 0.0
+    assert any("seed_result.json is corrupt" in line and "recomputing" in line for line in lines)
+    assert (folder / "seed_result.json.corrupt").read_text() == "{not json"
+
+
+def test_a_damaged_part_fails_its_checksum_and_is_recomputed(runs):
+    run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
+    seed = runs / "99-toy" / "default" / "seed_0"
+    part = seed / "part_ours.json"
+    part.write_text(part.read_text().replace('"acc": 1.0', '"acc": 7.0'))  # a flipped digit on disk
+    (seed / "seed_result.json").unlink()
+    (runs / "99-toy" / "default" / "result_seeds_0.json").unlink()
+    lines = []
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert result.arms["ours"]["acc"]["mean"] == 1.0
+    assert any("part_ours.json fails its checksum" in line for line in lines)
 
 
 def test_report_renders_tables_claims_and_plot(runs):
@@ -124,7 +137,7 @@ def test_a_cached_result_from_other_code_is_flagged_not_recomputed(runs):
     lines = []
     first = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
     assert len(first.environment["honed_source"]) == 12
-    done = runs / "99-toy" / "default" / "result.json"
+    done = runs / "99-toy" / "default" / "result_seeds_0.json"
     data = json.loads(done.read_text())
     data["environment"]["honed_source"] = "000000000000"
     done.write_text(json.dumps(data))

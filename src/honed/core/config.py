@@ -8,6 +8,8 @@ field's annotated type before the run starts.
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -89,10 +91,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise ConfigError(f"{key} must be an integer below 2**63 in size, got {value!r}")
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+            value = _number_from_text(value, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if tp is str:
@@ -100,6 +108,59 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _number_from_text(text: str, key: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {text!r}") from None
+
+
+POSITIVE_NAMES = re.compile(r"^(lr|.*_lr|lr_(head|encoder|adapter|full)|max_lr)$")
+COUNT_NAMES = re.compile(r"^(epochs|.*_epochs|steps|.*_steps|batch_size|.*_batch|.*_repeats|hidden|.*_hidden|widths|"
+                         r"channels|.*_channels|iterations|rounds)$")
+FRACTION_NAMES = re.compile(r"^.*(_fraction|_prob)$")
+
+
+def check_common_fields(cfg: ExperimentConfig) -> None:
+    """Rules every experiment config obeys, by field name: ``seeds`` non-empty, distinct, each in
+    [0, 2**63); ``threads`` >= 0; learning rates (``lr``, ``*_lr``) > 0; counts (``*epochs``, ``*steps``,
+    ``batch_size``, ``*_batch``, ``*_repeats``, widths such as ``hidden`` / ``channels``) >= 0 and widths >= 1;
+    fractions (``*_fraction``, ``*_prob``) in [0, 1]. Raises ConfigError naming the field."""
+    seeds = list(cfg.seeds)
+    if not seeds:
+        raise ConfigError("seeds must list at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {seeds}")
+    if any(s < 0 or s >= 2**63 for s in seeds):
+        raise ConfigError(f"seeds must lie in [0, 2**63), got {seeds}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
+    for name, value in to_dict(cfg).items():
+        _check_named_value(name, value)
+
+
+def _check_named_value(name: str, value: Any) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if POSITIVE_NAMES.match(name) and any(not v > 0 for v in numbers):
+        raise ConfigError(f"{name} is a learning rate and must be > 0, got {value!r}")
+    if COUNT_NAMES.match(name):
+        low = 1 if isinstance(value, tuple) else 0
+        if any(v < low for v in numbers):
+            raise ConfigError(f"{name} must be >= {low}{' in every entry' if low else ''}, got {value!r}")
+    if FRACTION_NAMES.match(name) and any(not 0 <= v <= 1 for v in numbers):
+        raise ConfigError(f"{name} is a fraction and must lie in [0, 1], got {value!r}")
+
+
+def validate_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """:func:`check_common_fields`, then the config's own ``validate()`` if it has one; returns ``cfg``."""
+    check_common_fields(cfg)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
 
 
 def override(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -114,11 +175,7 @@ def override(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConf
             hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(types_)}"
             raise ConfigError(f"unknown config key '{key}' for {type(cfg).__name__}{hint}")
         changes[key] = coerce(value, types_[key], key)
-    new = dataclasses.replace(cfg, **changes)
-    validate = getattr(new, "validate", None)
-    if callable(validate):
-        validate()
-    return new
+    return validate_config(dataclasses.replace(cfg, **changes))
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
@@ -141,6 +198,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (not UTF-8); pass a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if data is None:

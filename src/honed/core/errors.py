@@ -35,6 +35,15 @@ class StoreError(HonedError, RuntimeError):
     """A run directory, result or checkpoint that is corrupt or was written by something else."""
 
 
+class CorruptFileError(StoreError):
+    """A file honed wrote that is damaged (unreadable, truncated, failing its checksum): the runner
+    names it in one line and recomputes what it held. ``path`` is the damaged file."""
+
+    def __init__(self, message: str, path: "str | None" = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def require_extra(module: str, extra: str, install: str | None = None) -> ModuleType:
     """Import ``module`` lazily, or raise MissingExtraError naming ``pip install 'honed[extra]'``."""
     try:

@@ -13,6 +13,8 @@ of this loop. With ``ghost_size`` the batch is split into chunks that each run t
 BatchNorm statistics are per chunk (ghost BN, Hoffer et al. 2017) and gradients are the batch mean.
 """
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,7 +22,10 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from honed.core.checkpoint import load_checkpoint, save_checkpoint
+from honed.core import rng_state
+from honed.core.checkpoint import load_training_checkpoint, save_checkpoint
+from honed.core.errors import CorruptFileError
+from honed.core.runtime_ledger import note_restored_seconds
 from honed.core.progress import progress_bar
 
 HOOKS = ("on_train_start", "on_step_start", "on_batch_start", "after_backward", "before_step",
@@ -159,14 +164,21 @@ def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimiz
     callbacks = list(callbacks)
     hooks = _dispatch(callbacks)
     state = TrainState(model, optimizer)
-    start = 0
+    rng_roots = {"callbacks": callbacks, "data": data, "loss": loss_fn, "evaluate": evaluate}
+    start, saved_rng, elapsed_before, clock = 0, None, 0.0, time.perf_counter()
     if checkpoint is not None and Path(checkpoint).exists():
-        meta = load_checkpoint(checkpoint, model, optimizer)
-        start, state.step, state.history = meta["epoch"] + 1, meta["step"], meta["history"]
+        loaded = resume_checkpoint(Path(checkpoint), model, optimizer)
+        if loaded is not None:
+            meta, saved_rng = loaded
+            start, state.step, state.history = meta["epoch"] + 1, meta["step"], meta["history"]
+            elapsed_before = float(meta.get("elapsed_s", 0.0))
+            note_restored_seconds(elapsed_before)
     n_batches = len(data) if hasattr(data, "__len__") else None
     state.total_steps = n_batches * epochs if n_batches else 0
     for fn in hooks["on_train_start"]:
         fn(state)
+    if saved_rng is not None:  # after on_train_start, so generators continue from the saved point
+        rng_state.restore(rng_roots, *saved_rng)
     with progress_bar((epochs - start) * (n_batches or 0) or None, desc, progress) as bar:
         for epoch in range(start, epochs):
             state.epoch = epoch
@@ -191,12 +203,26 @@ def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimiz
                 fn(state)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, optimizer,
-                                {"epoch": epoch, "step": state.step, "history": state.history})
+                                {"epoch": epoch, "step": state.step, "history": state.history,
+                                 "elapsed_s": elapsed_before + time.perf_counter() - clock},
+                                rng=rng_state.capture(rng_roots))
             if state.stop:
                 break
     for fn in hooks["on_train_end"]:
         fn(state)
     return state.history
+
+
+def resume_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple | None:
+    """Load ``path`` into model and optimizer and return ``(metadata, generator payload)``; a damaged file
+    is named in a warning, moved aside (``.corrupt``) and None returned, so training recomputes from the
+    start."""
+    try:
+        return load_training_checkpoint(path, model, optimizer)
+    except CorruptFileError as err:
+        warnings.warn(f"{err}; moved it to {path.name}.corrupt and training from the start", stacklevel=3)
+        path.replace(path.with_name(path.name + ".corrupt"))
+        return None
 
 
 @torch.no_grad()

@@ -13,28 +13,40 @@ from pathlib import Path
 from typing import Any
 
 from honed.core.atomic import atomic_write_text
+from honed.core.errors import CorruptFileError
 from honed.core.experiment import SMOKE_REASON, Result, status_text
 from honed.core.evidence import VERDICTS
+from honed.core.store import read_checked_json
 
 VERDICT_LABEL = {"holds": "holds", "fails": "FAILS", "inconclusive": "inconclusive"}
 
 
 @dataclass
 class RunEntry:
-    """One experiment's newest run folder: its Result, or why there is none (interrupted, corrupt)."""
+    """One experiment's newest run folder: its Result (and the file it came from), or why there is none
+    (interrupted, corrupt)."""
 
     id: str
     folder: Path
     result: Result | None
     problem: str = ""
+    file: Path | None = None
+
+    @property
+    def plot(self) -> Path | None:
+        """The plot beside the result file, if it exists."""
+        if self.file is None:
+            return None
+        png = self.folder / ("plot" + self.file.name[len("result"):-len(".json")] + ".png")
+        return png if png.exists() else None
 
 
 def load_result(file: Path) -> tuple[Result | None, str]:
     """``(Result, "")`` for a readable result file, else ``(None, one-line reason)``."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"corrupt result.json ({err.__class__.__name__}); rerun with --force"
+        data = read_checked_json(file)
+    except (OSError, CorruptFileError) as err:
+        return None, f"corrupt {file.name} ({err.__class__.__name__}); rerun to re-aggregate it"
     if not isinstance(data, dict) or "id" not in data:
         return None, "result.json is not a honed result; rerun with --force"
     try:
@@ -46,10 +58,10 @@ def load_result(file: Path) -> tuple[Result | None, str]:
 def folder_state(folder: Path) -> RunEntry:
     """What a run folder holds: a finished result, a corrupt one, or an interrupted run."""
     exp_id = folder.parent.name
-    file = folder / "result.json"
-    if file.exists():
-        result, problem = load_result(file)
-        return RunEntry(result.id if result else exp_id, folder, result, problem)
+    files = sorted(folder.glob("result*.json"), key=lambda f: f.stat().st_mtime)
+    if files:
+        result, problem = load_result(files[-1])
+        return RunEntry(result.id if result else exp_id, folder, result, problem, files[-1])
     seeds = len(list(folder.glob("seed_*/seed_result.json")))
     return RunEntry(exp_id, folder, None, f"interrupted ({seeds} seed(s) finished)")
 
@@ -59,7 +71,7 @@ def find_runs(root: Path) -> dict[str, RunEntry]:
     first; an interrupted or corrupt folder is reported only when the experiment has no finished one."""
     best: dict[str, tuple[tuple[int, float], RunEntry]] = {}
     for folder in sorted(Path(root).glob("*/*/")):
-        if not folder.is_dir() or not (folder / "config.json").exists() and not (folder / "result.json").exists():
+        if not folder.is_dir() or not (folder / "config.json").exists() and not list(folder.glob("result*.json")):
             continue
         entry = folder_state(folder)
         rank = (entry.result is not None, folder.stat().st_mtime)
@@ -211,16 +223,17 @@ def render_markdown(entries: dict[str, RunEntry], root: Path) -> str:
         if e.result is None:
             parts += [f"## {e.id}", "", f"No finished result: {e.problem} (`{e.folder.relative_to(root)}`).", ""]
             continue
-        parts += markdown_section(e.result, e.folder, root)
+        parts += markdown_section(e, root)
     return "\n".join(parts)
 
 
-def markdown_section(result: Result, folder: Path, root: Path) -> list[str]:
+def markdown_section(entry: RunEntry, root: Path) -> list[str]:
+    result, folder = entry.result, entry.folder
     env = result.environment
     parts = [f"## {result.id}: {result.title}", "",
              f"Preset `{result.preset}`, seeds {result.seeds}, runtime {result.runtime_s:.1f} s, "
              f"torch {env.get('torch')} on {env.get('device')} ({env.get('threads')} threads), honed source "
-             f"{env.get('honed_source', '-')}. Result: `{(folder / 'result.json').relative_to(root)}`. "
+             f"{env.get('honed_source', '-')}. Result: `{entry.file.relative_to(root)}`. "
              f"Claims: {result.status}.", ""]
     if result.preset == "smoke":
         parts += [f"*{SMOKE_REASON}.*", ""]
@@ -233,8 +246,8 @@ def markdown_section(result: Result, folder: Path, root: Path) -> list[str]:
     parts += [f"- non-finite values stored as null: {', '.join(f'{k} = {v}' for k, v in result.non_finite.items())}"] \
         if result.non_finite else []
     parts += [f"- {n}" for n in result.notes] + [""]
-    if (folder / "plot.png").exists():
-        parts += [f"![{result.id}]({(folder / 'plot.png').relative_to(root)})", ""]
+    if entry.plot is not None:
+        parts += [f"![{result.id}]({entry.plot.relative_to(root)})", ""]
     return parts
 
 
@@ -279,11 +292,12 @@ def render_html(entries: dict[str, RunEntry]) -> str:
         if e.result is None:
             parts.append(f"<h2>{html.escape(e.id)}</h2><p>No finished result: {html.escape(e.problem)}</p>")
             continue
-        parts += html_section(e.result, e.folder)
+        parts += html_section(e)
     return "\n".join(parts)
 
 
-def html_section(result: Result, folder: Path) -> list[str]:
+def html_section(entry: RunEntry) -> list[str]:
+    result = entry.result
     parts = [f"<h2 id='{html.escape(result.id, quote=True)}'>{html.escape(result.id)}: {html.escape(result.title)}</h2>",
              f"<p>Preset {html.escape(result.preset)}, seeds {html.escape(str(result.seeds))}, runtime "
              f"{result.runtime_s:.1f} s. Claims: {html.escape(result.status)}.</p>",
@@ -294,9 +308,8 @@ def html_section(result: Result, folder: Path) -> list[str]:
         parts.append(html_table(*invariants_table(result)))
     notes = [f"interval: {m}" for m in interval_methods(result)] + list(result.notes)
     parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"] if notes else []
-    png = folder / "plot.png"
-    if png.exists():
-        data = base64.b64encode(png.read_bytes()).decode()
+    if entry.plot is not None:
+        data = base64.b64encode(entry.plot.read_bytes()).decode()
         parts.append(f"<img alt='{html.escape(result.id, quote=True)}' src='data:image/png;base64,{data}'>")
     return parts
 

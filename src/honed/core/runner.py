@@ -1,27 +1,33 @@
-"""Runs an experiment: folders, seeds, resume, aggregation, claims, result.json and its plot.
+"""Runs an experiment: folders, locks, seeds, resume, aggregation, result file and plot.
 
-Layout: ``<out>/<ID>/<config hash>/config.json``, ``.../seed_<N>/seed_result.json`` (one per finished
-seed), ``.../result.json`` and ``.../plot.png``. A finished seed is never recomputed; a run killed in
-the middle of a seed resumes from that seed's own checkpoints (see ``RunContext.cached`` and the
-loop's ``resume_from``).
+Layout: ``<out>/<ID>/<config hash>[-<device>]/config.json``, ``.../seed_<N>/seed_result.json`` (one per
+finished seed, with per-example outcomes), ``.../result.json`` (the result of the config's default seeds;
+another seed set writes ``result_seeds_<seeds>.json``) and its plot. A finished seed is never recomputed;
+a run killed in the middle of a seed resumes from that seed's cached parts and training checkpoints,
+generators included. Every piece carries a checksum: a damaged one is named, moved aside and recomputed.
+A lock beside the folder (``.<hash>.lock``) makes a second identical run wait for the first.
 """
-import json
-import math
+import hashlib
 import shutil
-import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
-from honed.core.atomic import atomic_write_json
-from honed.core.config import UNHASHED_FIELDS, ExperimentConfig, config_hash, to_dict
-from honed.core.errors import StoreError
+from honed.core.aggregate import aggregate, mean_curve, split_outcomes, summarise  # noqa: F401  (re-exported)
+from honed.core.atomic import atomic_write_json, sweep_temp_files
+from honed.core.config import UNHASHED_FIELDS, ExperimentConfig, config_hash, to_dict, validate_config
+from honed.core.errors import CorruptFileError, HonedError, StoreError
 from honed.core.experiment import Experiment, Result, SeedOutput
-from honed.core.seed import environment, seed_everything, source_digest, torch_threads
+from honed.core.seed import seed_everything, source_digest, torch_threads
+from honed.core.runtime_ledger import RESTORED_SECONDS, note_restored_seconds
+from honed.core.store import move_aside, read_checked_json, write_checked_json
+
+Log = Callable[[str], None] | None
 
 
 @dataclass
@@ -32,45 +38,88 @@ class RunContext:
     device: torch.device
     seed: int
     progress: bool = True
-    log: Callable[[str], None] | None = None  # one status line per computed part (the CLI prints it)
+    log: Log = None  # one status line per computed part (the CLI prints it)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """Return the JSON value stored under ``key`` in this seed's folder, computing and storing
-        it atomically first if absent. Use it for each arm so a killed seed resumes per arm."""
+        it (with its checksum and compute time) first if absent or damaged. Use it for each arm so a
+        killed seed resumes per arm."""
         path = self.dir / f"part_{key}.json"
         if path.exists():
-            return read_json(path)
-        start = time.perf_counter()
+            try:
+                stored = read_checked_json(path)
+                note_restored_seconds(read_runtime(path))
+                return stored
+            except CorruptFileError as err:
+                self._say(f"{err}; moved aside to {move_aside(path).name}, recomputing")
+        ledger = RESTORED_SECONDS.get() or []
+        before, start = sum(ledger), time.perf_counter()
         value = compute()
-        atomic_write_json(path, value)
-        if self.log is not None:
-            self.log(f"seed {self.seed}: {key} done in {time.perf_counter() - start:.1f} s")
+        spent = time.perf_counter() - start + sum(ledger) - before
+        write_checked_json(path, value, runtime_s=spent)
+        self._say(f"seed {self.seed}: {key} done in {time.perf_counter() - start:.1f} s")
         return value
 
     def checkpoint(self, key: str) -> Path:
         """Path for a training checkpoint of this seed (used by ``train(..., checkpoint=...)``)."""
         return self.dir / f"ckpt_{key}.safetensors"
 
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+
+def read_runtime(path: Path) -> float:
+    import json
+
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8")).get("runtime_s", 0.0))
+    except (ValueError, AttributeError, TypeError):
+        return 0.0
+
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; StoreError naming the file if it is corrupt."""
+    """Parse a JSON file (checked or plain); StoreError naming the file if it is corrupt."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path} is corrupt ({err.__class__.__name__}); delete it or rerun with --force") from None
+        return read_checked_json(path)
+    except CorruptFileError as err:
+        raise StoreError(f"{err}; delete it or rerun with --force") from None
 
 
-def run_dir(out: Path, exp_id: str, cfg: ExperimentConfig) -> Path:
-    """``out/ID/<config hash>``: the folder that owns the run of this config."""
-    return Path(out) / exp_id / config_hash(cfg)
+def run_dir(out: Path, exp_id: str, cfg: ExperimentConfig, device: str | torch.device = "cpu") -> Path:
+    """``out/ID/<config hash>`` (``-cuda`` appended off the CPU: the device is part of a run's identity)."""
+    kind = torch.device(device).type
+    return Path(out) / exp_id / (config_hash(cfg) + ("" if kind == "cpu" else f"-{kind}"))
 
 
-def check_run_dir(path: Path, exp_id: str, cfg: ExperimentConfig) -> None:
+def result_name(cfg: ExperimentConfig) -> str:
+    """``result.json`` for the config's default seeds, else ``result_seeds_<seeds>.json``: a run of other
+    seeds never overwrites the result of these."""
+    seeds = tuple(cfg.seeds)
+    if seeds == tuple(type(cfg)().seeds):
+        return "result.json"
+    tag = "-".join(map(str, seeds))
+    if len(tag) > 40:
+        tag = hashlib.sha256(tag.encode()).hexdigest()[:12]
+    return f"result_seeds_{tag}.json"
+
+
+def plot_name(result_file: str) -> str:
+    """The plot beside a result file: ``plot.png`` for ``result.json``, ``plot_seeds_X.png`` otherwise."""
+    return "plot" + result_file[len("result"):-len(".json")] + ".png"
+
+
+def check_run_dir(path: Path, exp_id: str, cfg: ExperimentConfig, device: str | torch.device = "cpu") -> None:
     """Refuse to write into a folder holding a different experiment's or config's files."""
+    import json
+
     meta = path / "config.json"
     want = {"id": exp_id, "config": json.loads(json.dumps(to_dict(cfg), default=list))}
     for key in UNHASHED_FIELDS:
         want["config"].pop(key)
+    kind = torch.device(device).type
+    if kind != "cpu":
+        want["device"] = kind
     if meta.exists():
         have = read_json(meta)
         if have != want:
@@ -80,123 +129,133 @@ def check_run_dir(path: Path, exp_id: str, cfg: ExperimentConfig) -> None:
         atomic_write_json(meta, want)
 
 
+@contextmanager
+def run_lock(path: Path, log: Log) -> Iterator[None]:
+    """Hold ``.<folder>.lock`` beside the run folder; a second run of the same config waits for it."""
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            log(f"another run of this config holds {lock.lock_file}; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def make_folder(path: Path) -> bool:
+    """Create the run folder (True if it is new); a place that cannot hold it is one clear StoreError."""
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"cannot create the run folder {path}: a file is in the way") from None
+    except OSError as err:
+        raise StoreError(f"cannot create the run folder {path}: {err.strerror or err}") from None
+    return not existed
+
+
 def run_experiment(exp: Experiment, cfg: ExperimentConfig, preset: str, out: Path,
-                   device: torch.device, force: bool = False, progress: bool = True,
-                   on_seed: Callable[[int], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> Result:
+                   device: torch.device | str, force: bool = False, progress: bool = True,
+                   on_seed: Callable[[int], None] | None = None, log: Log = None) -> Result:
     """Run (or resume, or load) ``exp`` under ``cfg`` over ``cfg.seeds`` and return its Result.
     ``on_seed(seed)`` is called as each seed starts, ``log(line)`` as each cached part finishes."""
-    path = run_dir(out, exp.id, cfg)
-    if force and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    check_run_dir(path, exp.id, cfg)
-    done = path / "result.json"
-    if done.exists():
-        old = Result.from_json(read_json(done))
-        if old.seeds == list(cfg.seeds):
-            if log is not None and old.environment.get("honed_source") not in (None, source_digest()):
-                log(f"note: {done} was written by other honed code (source {old.environment['honed_source']}, "
-                    f"now {source_digest()}); rerun with --force to refresh it")
-            return old
-    outputs = []
-    for seed in cfg.seeds:
-        if on_seed:
-            on_seed(seed)
-        outputs.append(run_one_seed(exp, cfg, seed, path / f"seed_{seed}", device, progress, log))
-    result = aggregate(exp, cfg, preset, outputs, device)
-    atomic_write_json(done, result.to_json())
+    validate_config(cfg)
+    device = torch.device(device)
+    path = run_dir(out, exp.id, cfg, device)
+    make_folder(path.parent)
+    with run_lock(path, log):
+        if force and path.exists():
+            shutil.rmtree(path)
+        created = make_folder(path)
+        sweep_temp_files(path)
+        check_run_dir(path, exp.id, cfg, device)
+        done = path / result_name(cfg)
+        finished = load_finished(exp, done, cfg, log)
+        if finished is not None:
+            return finished
+        try:
+            outputs = [run_one_seed(exp, cfg, s, path / f"seed_{s}", device, progress, log, on_seed)
+                       for s in cfg.seeds]
+        except HonedError:
+            if created and not list(path.glob("seed_*/seed_result.json")):
+                shutil.rmtree(path, ignore_errors=True)  # refused before any work: leave no orphan folder
+            raise
+        result = aggregate(exp, cfg, preset, outputs, device)
+        atomic_write_json(done, result.to_json())
+        write_plot(exp, result, path / plot_name(done.name))
+        return result
+
+
+def load_finished(exp: Experiment, done: Path, cfg: ExperimentConfig, log: Log) -> Result | None:
+    """The stored result for these seeds (its plot redrawn if a kill lost it), or None to compute it."""
+    if not done.exists():
+        return None
+    try:
+        old = Result.from_json(read_checked_json(done))
+    except (CorruptFileError, KeyError, TypeError, ValueError, AttributeError) as err:
+        if log is not None:
+            log(f"{done} is unreadable ({err.__class__.__name__}); moved aside, re-aggregating from the seeds")
+        move_aside(done)
+        return None
+    if old.seeds != list(cfg.seeds):
+        return None
+    if log is not None and old.environment.get("honed_source") not in (None, source_digest()):
+        log(f"note: {done} was written by other honed code (source {old.environment['honed_source']}, "
+            f"now {source_digest()}); rerun with --force to refresh it")
+    if not (done.parent / plot_name(done.name)).exists():
+        write_plot(exp, old, done.parent / plot_name(done.name))
+    return old
+
+
+def write_plot(exp: Experiment, result: Result, path: Path) -> None:
     from honed.core.plots import save_experiment_plot
 
-    save_experiment_plot(exp, result, path / "plot.png")
-    return result
+    save_experiment_plot(exp, result, path)
 
 
-def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Path,
-                 device: torch.device, progress: bool, log: Callable[[str], None] | None = None) -> SeedOutput:
-    """Load the seed's stored result, or run it (inside the config's thread count) and store it atomically."""
+def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Path, device: torch.device,
+                 progress: bool, log: Log = None, on_seed: Callable[[int], None] | None = None) -> SeedOutput:
+    """Load the seed's stored result, or run it (inside the config's thread count) and store it with its
+    checksum. A damaged stored piece (seed result, part, tensor file) is named, moved aside and recomputed."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     file = seed_dir / "seed_result.json"
     if file.exists():
         try:
-            return SeedOutput.from_json(read_json(file))
+            return SeedOutput.from_json(read_checked_json(file))
+        except CorruptFileError as err:
+            if log is not None:
+                log(f"{err}; moved aside to {move_aside(file).name}, recomputing seed {seed}")
         except TypeError:
             raise StoreError(f"{file} is not a honed seed result; delete it or rerun with --force") from None
-    seed_everything(seed)
-    start = time.perf_counter()
-    with torch_threads(cfg.threads):
-        output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress, log))
-    output.runtime_s = time.perf_counter() - start + output.runtime_s
-    atomic_write_json(file, output.to_json())
+    if on_seed:
+        on_seed(seed)
+    for attempt in range(2):
+        try:
+            output = compute_seed(exp, cfg, seed, seed_dir, device, progress, log)
+            break
+        except CorruptFileError as err:
+            if attempt or not err.path or not Path(err.path).exists():
+                raise
+            if log is not None:
+                log(f"{err}; moved aside to {move_aside(err.path).name}, recomputing")
+    write_checked_json(file, output.to_json())
     return output
 
 
-def summarise(values: list[float]) -> dict[str, Any]:
-    """mean, sample std (0 for one value) and the values themselves; a non-finite value makes mean
-    and std NaN (stored as null in result.json, with the reason in ``non_finite``)."""
-    vals = [math.nan if v is None else float(v) for v in values]
-    if not all(math.isfinite(v) for v in vals):
-        return {"mean": math.nan, "std": math.nan, "values": vals}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.fmean(vals), "std": std, "values": vals}
-
-
-def split_outcomes(outputs: list[SeedOutput]) -> tuple[dict, dict]:
-    """Per arm and metric: the per-seed values and, where every seed gave a list of per-example
-    outcomes, those outcomes as arrays (the metric is then their mean)."""
-    values: dict[tuple[str, str], list[float]] = {}
-    outcomes: dict[tuple[str, str], list[np.ndarray]] = {}
-    for arm, by_metric in outputs[0].arms.items():
-        for metric in by_metric:
-            raw = [o.arms[arm][metric] for o in outputs]
-            if all(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
-                arrays = [np.asarray([math.nan if x is None else x for x in v], dtype=float) for v in raw]
-                if any(a.size == 0 for a in arrays):
-                    raise ValueError(f"{arm}.{metric}: an empty list of per-example outcomes")
-                outcomes[(arm, metric)] = arrays
-                values[(arm, metric)] = [float(a.mean()) for a in arrays]
-            elif any(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
-                raise ValueError(f"{arm}.{metric}: per-example outcomes in some seeds and a number in others")
-            else:
-                values[(arm, metric)] = raw
-    return values, outcomes
-
-
-def aggregate(exp: Experiment, cfg: ExperimentConfig, preset: str, outputs: list[SeedOutput],
-              device: torch.device) -> Result:
-    """Combine the seeds' outputs into a Result: per-metric mean/std (and example counts where per-example
-    outcomes were kept), curves, claims, preconditions, invariants, verdicts, notes, environment."""
-    values, outcomes = split_outcomes(outputs)
-    arms: dict[str, dict[str, Any]] = {}
-    for (arm, metric), vals in values.items():
-        arms.setdefault(arm, {})[metric] = summarise(vals)
-        if (arm, metric) in outcomes:
-            arms[arm][metric]["examples"] = [int(a.size) for a in outcomes[(arm, metric)]]
-    extra: dict[str, Any] = {}
-    for key in outputs[0].extra:
-        vals = [o.extra.get(key) for o in outputs]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
-        extra[key] = summarise(vals) if numeric else {"values": vals}
-    curves = {
-        name: {arm: mean_curve([o.curves[name][arm] for o in outputs]) for arm in arm_curves}
-        for name, arm_curves in outputs[0].curves.items()
-    }
-    result = Result(
-        id=exp.id, title=exp.title, family=exp.family, preset=preset, seeds=list(cfg.seeds),
-        config=to_dict(cfg), environment=environment(str(device), threads=cfg.threads or None),
-        runtime_s=sum(o.runtime_s for o in outputs), method=list(exp.method),
-        baselines=list(exp.baselines), arms=arms, extra=extra, curves=curves, claims=[],
-        notes=[f"reconstructed (R): {r}" for r in exp.reconstructed], outcomes=outcomes,
-    )
-    result.claims = exp.claims(cfg, result)
-    result.preconditions = exp.preconditions(cfg, result)
-    result.invariants = exp.invariants(cfg, result)
-    result.rejudge()
-    result.notes += exp.notes(cfg, result)
-    return result
-
-
-def mean_curve(curves: list[list[float]]) -> list[float]:
-    """Element-wise mean over seeds of equally long curves (the shortest length if they differ)."""
-    n = min(len(c) for c in curves)
-    return [statistics.fmean(math.nan if c[i] is None else c[i] for c in curves) for i in range(n)]
+def compute_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Path, device: torch.device,
+                 progress: bool, log: Log) -> SeedOutput:
+    """Run one seed; its runtime counts this process's work plus the earlier work it restored."""
+    seed_everything(seed)
+    ledger: list[float] = []
+    token = RESTORED_SECONDS.set(ledger)
+    start = time.perf_counter()
+    try:
+        with torch_threads(cfg.threads):
+            output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress, log))
+    finally:
+        RESTORED_SECONDS.reset(token)
+    output.runtime_s = time.perf_counter() - start + sum(ledger) + output.runtime_s
+    return output

@@ -55,6 +55,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device '{name}'; use cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device '{name}' is not supported by honed's experiments; use cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return device
