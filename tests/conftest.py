@@ -15,6 +15,14 @@ def runs(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def device():
+    """The device component tests run on: cpu, or HONED_TEST_DEVICE (``make test-cuda`` sets cuda)."""
+    import torch
+
+    return torch.device(os.environ.get("HONED_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture
 def toy_registered():
     """The toy experiment of tests/core, registered for the duration of a test (CLI tests)."""
     from honed.core.experiment import EXPERIMENTS, load_experiments

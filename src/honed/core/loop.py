@@ -225,20 +225,33 @@ def resume_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim
         return None
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (the CPU for a model with neither)."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        batch_size: int = 1024, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on (x, y); restores the model's train/eval mode."""
-    was_training = model.training
+                        batch_size: int = 1024, device: str | torch.device | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on (x, y), computed on the model's device (``device``
+    overrides); restores every submodule's train/eval mode."""
+    device = model_device(model) if device is None else torch.device(device)
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     correct, loss, n = 0, 0.0, len(x)
-    for i in range(0, n, batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        logits = model(xb)
-        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    model.train(was_training)
-    return {"accuracy": correct / n, "loss": loss / n}
+    try:
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            logits = model(xb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
 
 
 @torch.no_grad()
@@ -247,8 +260,7 @@ def correct_per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     """1.0 / 0.0 per example: whether ``model``'s argmax on ``x`` (N, ...) equals ``y`` (N,). Its mean is
     the accuracy; return it as an arm's metric so claims on it get a paired bootstrap interval. Runs on
     the model's device (``device`` overrides); restores every submodule's train/eval mode."""
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model) if device is None else torch.device(device)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -260,7 +272,7 @@ def correct_per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     return torch.cat(hits).tolist() if hits else []
 
 
-def split_accuracy(model: torch.nn.Module, split: Any, device: str | torch.device = "cpu") -> float:
+def split_accuracy(model: torch.nn.Module, split: Any, device: str | torch.device | None = None) -> float:
     """Accuracy of ``model`` on ``split`` (anything with ``.x`` inputs and ``.y`` labels, e.g. a
     ``honed.data.Split``), as :func:`evaluate_classifier` computes it."""
     return evaluate_classifier(model, split.x, split.y, device=device)["accuracy"]

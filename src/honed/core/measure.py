@@ -1,6 +1,12 @@
-"""Measured cost of a model: parameters, MACs (exact, via torch's FlopCounterMode) and latency."""
+"""Measured cost of a model: parameters, MACs (exact, via torch's FlopCounterMode) and latency.
+
+Latency is wall time of a forward pass with the device synchronised before the clock starts and
+before it stops (on a GPU, kernels run asynchronously: without it a timer measures only the launch).
+Results should say which device they were measured on (the run's environment records it).
+"""
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -14,31 +20,69 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 @torch.no_grad()
 def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass on ``example`` (FLOPs / 2, counted by torch)."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(example)
-    model.train(was_training)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        for module, mode in modes:
+            module.training = mode
     return counter.get_total_flops() // 2
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for every queued kernel on ``device`` (a no-op on the CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | str | None) -> float:
+    """Seconds one call of ``fn`` takes, the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def _device_of(inputs: tuple) -> torch.device | None:
+    return next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
 
 
 @torch.no_grad()
 def median_latency(model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], repeats: int = 30,
                    warmup: int = 5) -> float:
-    """Median wall time in seconds of ``model(example)`` in eval mode over ``repeats`` runs; a tuple
-    ``example`` is passed as several arguments (e.g. ``(input_ids, attention_mask)``)."""
+    """Median wall time in seconds of ``model(example)`` in eval mode over ``repeats`` runs, the device
+    synchronised; a tuple ``example`` is passed as several arguments (e.g. ``(input_ids, attention_mask)``)."""
     inputs = example if isinstance(example, tuple) else (example,)
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        model(*inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(*inputs)
-        times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return statistics.median(times)
+    return statistics.median(interleaved_latency({"m": model}, inputs, repeats, warmup)["m"])
+
+
+@torch.no_grad()
+def interleaved_latency(models: dict[str, torch.nn.Module], example: torch.Tensor | tuple[torch.Tensor, ...],
+                        repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Forward wall times (s) of each model on ``example``, one per round, the device synchronised; the
+    models take turns every round (order reversed on odd rounds) so drifting machine load hits all of
+    them alike. Per-round ratios (``dense[i] / pruned[i]``) are paired samples of a speed-up, so a claim
+    on their mean gets a paired bootstrap interval. Every submodule's train/eval mode is restored."""
+    inputs = example if isinstance(example, tuple) else (example,)
+    device = _device_of(inputs)
+    modes = [(m, m.training) for model in models.values() for m in model.modules()]
+    try:
+        for model in models.values():
+            model.eval()
+            for _ in range(warmup):
+                model(*inputs)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        names = list(models)
+        for r in range(repeats):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                times[name].append(timed(lambda: models[name](*inputs), device))
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return times
 
 
 @torch.no_grad()

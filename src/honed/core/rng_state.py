@@ -71,6 +71,9 @@ def capture(roots: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, A
     """``(tensors, json_state)`` of the global generators, the generators owned by ``roots`` and the
     ``state_dict()`` of each root that has one."""
     tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = cuda_state
     state: dict[str, Any] = {"numpy": _numpy_global_state(), "python": _python_state(random.getstate())}
     for path, gen in owned_generators(roots).items():
         if isinstance(gen, torch.Generator):
@@ -89,6 +92,9 @@ def restore(roots: dict[str, Any], tensors: dict[str, torch.Tensor], state: dict
     """Put back what :func:`capture` saved (generators missing from the file are left as they are)."""
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors, key=_cuda_index) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     if "numpy" in state:
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
@@ -105,6 +111,10 @@ def restore(roots: dict[str, Any], tensors: dict[str, torch.Tensor], state: dict
     for name, value in state.get("objects", {}).items():
         if name in roots and callable(getattr(roots[name], "load_state_dict", None)):
             roots[name].load_state_dict(value)
+
+
+def _cuda_index(key: str) -> int:
+    return int(key.rsplit(".", 1)[1]) if key.startswith("rng.cuda.") else -1
 
 
 def _numpy_global_state() -> list:

@@ -40,11 +40,21 @@ def environment(device: str, threads: int | None = None) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "device_name": device_name(device),
+        "cuda": torch.version.cuda,
         "threads": threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "platform": platform.platform(terse=True),
     }
+
+
+def device_name(device: str | torch.device) -> str:
+    """A human name of the device a run used ("cpu", or the GPU's product name)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() if device.type == "cpu" else device.type
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

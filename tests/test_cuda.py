@@ -1,0 +1,32 @@
+"""On a GPU machine (`make test-cuda`): every experiment's smoke preset runs on cuda, and the userland
+component tests run again with HONED_TEST_DEVICE=cuda. Skipped, with the reason, where no GPU exists."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from honed.core.config import preset
+from honed.core.experiment import load_experiments
+from honed.core.runner import run_experiment
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+REGISTRY = load_experiments()
+
+
+@pytest.mark.parametrize("exp_id", REGISTRY.names())
+def test_smoke_preset_runs_on_cuda(exp_id, tmp_path):
+    exp = REGISTRY.get(exp_id)
+    result = run_experiment(exp(), preset(exp.Config, "smoke"), "smoke", tmp_path, "cuda", progress=False)
+    assert result.environment["device"].startswith("cuda") and result.claims
+    assert next((tmp_path / exp_id).iterdir()).name.endswith("-cuda")
+
+
+def test_userland_components_on_cuda():
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HONED_TEST_DEVICE="cuda")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests/userland")],
+                          cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
