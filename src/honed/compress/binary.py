@@ -127,7 +127,7 @@ class _BinaryWeightMixin:
     gain: nn.Parameter | None
 
     def _setup(self, shape: tuple[int, ...], standardize: bool, binary_weights: bool, gamma: float,
-               eps: float, weight_init: str, device) -> None:
+               eps: float, weight_init: str, device, bias: bool = False) -> None:
         if weight_init not in WEIGHT_INITS:
             raise InputError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}")
         self.standardize, self.binary_weights = bool(standardize), bool(binary_weights)
@@ -140,6 +140,7 @@ class _BinaryWeightMixin:
         self.weight = nn.Parameter(weight)
         gain_shape = (shape[0],) + (1,) * (len(shape) - 1)
         self.gain = nn.Parameter(torch.ones(gain_shape, device=device)) if standardize else None
+        self.bias = nn.Parameter(torch.zeros(shape[0], device=device)) if bias else None  # real, as in the card
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer applies: WS (if on), then binarisation (if on), then the gain."""
@@ -155,13 +156,13 @@ class BinaryConv2d(_BinaryWeightMixin, nn.Module):
     (step 2: ``a_o * sign``; step 1: real weights), learnable per-output gain when standardised.
 
     Input (N, in_channels, H, W): binary activations in the method (the block applies :class:`RSign`);
-    zero padding. Output (N, out_channels, H', W').
+    zero padding. Output (N, out_channels, H', W'). ``bias`` adds a real per-channel bias (off in the card).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: int | None = None, standardize: bool = True, binary_weights: bool = True,
                  gamma: float = 1.0, eps: float = 1e-5, weight_init: WeightInit = "uniform_small",
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, bias: bool = False) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
                         ("kernel_size", kernel_size), ("stride", stride)):
@@ -171,12 +172,12 @@ class BinaryConv2d(_BinaryWeightMixin, nn.Module):
         self.stride = stride
         self.padding = (kernel_size - 1) // 2 if padding is None else padding
         self._setup((out_channels, in_channels, kernel_size, kernel_size), standardize, binary_weights,
-                    gamma, eps, weight_init, device)
+                    gamma, eps, weight_init, device, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"BinaryConv2d expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        return F.conv2d(x, self.effective_weight(), None, self.stride, self.padding)
+        return F.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, "
@@ -190,30 +191,33 @@ class BinaryLinear(_BinaryWeightMixin, nn.Module):
 
     def __init__(self, in_features: int, out_features: int, standardize: bool = True,
                  binary_weights: bool = True, gamma: float = 1.0, eps: float = 1e-5,
-                 weight_init: WeightInit = "uniform_small", device: str | torch.device | None = None) -> None:
+                 weight_init: WeightInit = "uniform_small", device: str | torch.device | None = None,
+                 bias: bool = False) -> None:
         super().__init__()
         if not (isinstance(in_features, int) and isinstance(out_features, int)) or min(in_features, out_features) < 1:
             raise InputError(f"in_features/out_features must be positive integers, "
                              f"got {in_features!r}, {out_features!r}")
         self.in_features, self.out_features = in_features, out_features
-        self._setup((out_features, in_features), standardize, binary_weights, gamma, eps, weight_init, device)
+        self._setup((out_features, in_features), standardize, binary_weights, gamma, eps, weight_init, device, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise InputError(f"BinaryLinear expects (N, {self.in_features}), got {tuple(x.shape)}")
-        return F.linear(x, self.effective_weight())
+        return F.linear(x, self.effective_weight(), self.bias)
 
 
 class RSign(nn.Module):
     """ReActNet RSign (arXiv:2003.03488; "BNN - BN = ?" arXiv:2104.08215, step 3): learnable per-channel
-    bias, then :func:`binary_activation`. Input (N, C, ...) -> same shape in {-1, +1}."""
+    bias, then :func:`binary_activation`. Input (N, C, ...) (e.g. (N, C, H, W) or (N, C)) -> same shape
+    in {-1, +1}."""
 
     def __init__(self, channels: int, device: str | torch.device | None = None) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return binary_activation(x + self.bias)
+        bias = self.bias if x.dim() == 4 else self.bias.view(1, -1, *[1] * (x.dim() - 2))
+        return binary_activation(x + bias)
 
 
 class RPReLU(nn.Module):
@@ -260,6 +264,24 @@ def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
 
 
+def tensor_list(parameters: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """``parameters`` as a list of tensors; InputError for a model (AGC must leave the final classifier
+    out, so it takes the parameters to clip: see :func:`parameters_except`) or anything else."""
+    if isinstance(parameters, nn.Module):
+        raise InputError(f"AGC takes the parameters to clip, not a model ({type(parameters).__name__}): pass "
+                         "parameters_except(model, model.<final classifier>), since AGC must skip the classifier")
+    if isinstance(parameters, torch.Tensor):
+        return [parameters]
+    try:
+        params = list(parameters)
+    except TypeError:
+        raise InputError(f"parameters must be an iterable of tensors, got {type(parameters).__name__}") from None
+    bad = sorted({type(p).__name__ for p in params if not isinstance(p, torch.Tensor)})
+    if bad:
+        raise InputError(f"parameters must be tensors, got {', '.join(bad)}")
+    return params
+
+
 @torch.no_grad()
 def adaptive_clip_grad_(parameters: Iterable[torch.Tensor], clip_factor: float = 0.02,
                         eps: float = 1e-3) -> None:
@@ -271,7 +293,7 @@ def adaptive_clip_grad_(parameters: Iterable[torch.Tensor], clip_factor: float =
     gradient is left as it is (a diverging run stays visible instead of being clipped into range).
     """
     clip_factor, eps = check_number(clip_factor, "clip_factor", strict=True), check_number(eps, "eps", strict=True)
-    for p in parameters:
+    for p in tensor_list(parameters):
         if p.grad is None:
             continue
         max_norm = unitwise_norm(p.detach()).clamp_min(eps) * clip_factor
@@ -289,7 +311,7 @@ class AdaptiveGradClip(Callback):
     """
 
     def __init__(self, parameters: Iterable[torch.Tensor], clip_factor: float = 0.02, eps: float = 1e-3) -> None:
-        self.parameters = list(parameters)
+        self.parameters = tensor_list(parameters)
         self.clip_factor, self.eps = check_number(clip_factor, "clip_factor", strict=True), check_number(eps, "eps", strict=True)
 
     def clip(self) -> None:

@@ -8,14 +8,20 @@ Variants (:data:`VARIANTS`, built by :func:`create_bnn`):
 * ``none`` - BN deleted and nothing else changed (plain convs, no alpha/beta);
 * ``bnfree_no_ws`` - ablation: alpha/beta scaling but plain (unstandardised) convs;
 * ``fp32`` - real-valued reference / KD teacher: the ``bn`` net with real activations and real weights.
+
+The binary variants have binary activations AND binary weights by default; ``binary_weights=False``
+gives the card's step 1 (real weights, switched later with ``set_binary_weights``). :func:`binarize`
+turns a user's own CNN / MLP into a binary network.
 """
-from typing import Literal
+import copy
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from honed.compress.binary import (BinaryConv2d, RPReLU, RSign, ScaledStdConv2d, WeightInit, residual_betas)
+from honed.compress.binary import (BinaryConv2d, BinaryLinear, RPReLU, RSign, ScaledStdConv2d, WeightInit,
+                                   residual_betas)
 from honed.core.errors import InputError
 from honed.core.measure import forward_with_hooks
 
@@ -26,7 +32,7 @@ VARIANTS = {
     "bn": {"norm": "bn", "standardize": False},
     "none": {"norm": "none", "standardize": False},
     "bnfree_no_ws": {"norm": "scaled", "standardize": False},
-    "fp32": {"norm": "bn", "standardize": False, "binary_activations": False},
+    "fp32": {"norm": "bn", "standardize": False, "binary_activations": False, "binary_weights": False},
 }
 
 
@@ -98,13 +104,13 @@ class BinaryReActNet(nn.Module):
     Input (N, in_channels, H, W) with H, W in 8..32 (values in [0, 1] are normalised inside by
     ``input_mean``/``input_std``); output logits (N, num_classes). ``norm``: ``scaled`` (BN-free: the
     stem is a ScaledStdConv2d when ``standardize``, blocks use alpha/beta), ``bn`` or ``none``.
-    ``binary_weights`` False is the card's step 1 (binary activations, real weights).
+    ``binary_weights`` (default True) False is the card's step 1 (binary activations, real weights).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, stem_width: int = 16, stem_stride: int = 2,
                  widths: tuple[int, ...] = (16, 32, 32, 64, 64), strides: tuple[int, ...] = (1, 2, 1, 2, 1),
                  norm: Norm = "scaled", standardize: bool = True, alpha: float = 0.2,
-                 binary_activations: bool = True, binary_weights: bool = False,
+                 binary_activations: bool = True, binary_weights: bool = True,
                  weight_init: WeightInit = "uniform_small", input_mean: float = 0.0, input_std: float = 1.0,
                  device: str | torch.device | None = None) -> None:
         super().__init__()
@@ -142,8 +148,9 @@ class BinaryReActNet(nn.Module):
 
 def create_bnn(variant: str, **kwargs) -> BinaryReActNet:
     """Build a :class:`BinaryReActNet` of one of :data:`VARIANTS` ("BNN - BN = ?", arXiv:2104.08215);
-    ``kwargs`` (widths, alpha, input_mean, ...) go to the constructor. The ``fp32`` variant has real
-    activations and weights."""
+    ``kwargs`` (widths, alpha, input_mean, ...) go to the constructor. The binary variants have binary
+    activations and weights (``binary_weights=False`` for the card's real-weight step 1); the ``fp32``
+    variant has real activations and weights."""
     if variant not in VARIANTS:
         raise InputError(f"unknown BNN variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     return BinaryReActNet(**{**VARIANTS[variant], **kwargs})
@@ -161,3 +168,70 @@ def count_binary_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     forward_with_hooks(model, example, [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)], hook)
     return total[0]
+
+
+ACTIVATIONS_TO_SWAP = (nn.ReLU, nn.ReLU6)
+
+
+def binarize(model: nn.Module, layers: Iterable[str] | None = None, standardize: bool = True,
+             swap_relu: bool = True) -> nn.Module:
+    """A binary copy of a user's model ("BNN - BN = ?", arXiv:2104.08215; ReActNet arXiv:2003.03488):
+    each chosen ``nn.Conv2d`` / ``nn.Linear`` becomes ``Sequential(RSign, BinaryConv2d / BinaryLinear)``
+    with binary activations and binary weights, latent weights and bias copied from the layer.
+
+    ``layers``: module names to binarise; default every Conv2d (groups=1, dilation 1, square kernel,
+    stride and padding, zero padding) and Linear except the first and the last weight layer of the
+    model, which the card keeps real (stem and classifier). ``standardize``: scaled weight
+    standardisation + gain on the latent weights (the method). ``swap_relu``: ``nn.ReLU`` / ``ReLU6``
+    modules become ``nn.PReLU`` (slope 0.25), since sign(ReLU(x)) is always +1; a ReLU called as a
+    function inside ``forward`` cannot be swapped. Returns the converted deep copy (the input model is
+    untouched); :func:`honed.compress.binary.set_binary_weights` switches it to real weights (step 1).
+    """
+    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not weights:
+        raise InputError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer to binarise")
+    by_name = dict(weights)
+    chosen = [n for n, _ in weights[1:-1] if _convertible(by_name[n])] if layers is None else list(layers)
+    for name in chosen:
+        if name not in by_name:
+            raise InputError(f"no nn.Conv2d / nn.Linear named '{name}' (layers: {', '.join(by_name)})")
+        if not _convertible(by_name[name]):
+            raise InputError(f"layer '{name}' cannot be binarised: BinaryConv2d needs groups=1, dilation 1, "
+                             "square kernel/stride/padding and zero padding")
+    new = copy.deepcopy(model)
+    for name in chosen:
+        _set_child(new, name, _binary_layer(new.get_submodule(name), standardize))
+    if swap_relu:
+        for name, module in list(new.named_modules()):
+            if isinstance(module, ACTIVATIONS_TO_SWAP):
+                _set_child(new, name, nn.PReLU(init=0.25))
+    return new
+
+
+def _convertible(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    square = all(len(set(v)) == 1 for v in (layer.kernel_size, layer.stride, layer.padding))
+    return (layer.groups == 1 and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str) and square)
+
+
+def _binary_layer(layer: nn.Module, standardize: bool) -> nn.Sequential:
+    device, has_bias = layer.weight.device, layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        binary = BinaryLinear(layer.in_features, layer.out_features, standardize, True, device=device, bias=has_bias)
+        channels = layer.in_features
+    else:
+        binary = BinaryConv2d(layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.stride[0],
+                              layer.padding[0], standardize, True, device=device, bias=has_bias)
+        channels = layer.in_channels
+    with torch.no_grad():
+        binary.weight.copy_(layer.weight)
+        if has_bias:
+            binary.bias.copy_(layer.bias)
+    return nn.Sequential(RSign(channels, device), binary)
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)

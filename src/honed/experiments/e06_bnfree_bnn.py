@@ -144,7 +144,8 @@ def load_data(cfg: BNNFreeConfig) -> dict[str, Any]:
 
 def build(variant: str, cfg: BNNFreeConfig, data: dict, device) -> torch.nn.Module:
     return create_bnn(variant, stem_width=16, stem_stride=2, widths=WIDTHS, strides=STRIDES, alpha=cfg.alpha,
-                      weight_init=cfg.weight_init, input_mean=data["mean"], input_std=data["std"], device=device)
+                      weight_init=cfg.weight_init, input_mean=data["mean"], input_std=data["std"], device=device,
+                      binary_weights=False)  # step 1: real weights; set_binary_weights switches them
 
 
 def train_step_of(model, cfg: BNNFreeConfig, data: dict, batches, epochs: int, weight_decay: float,
