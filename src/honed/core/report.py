@@ -261,13 +261,14 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 CELL_CLASSES = {"holds": "holds", "FAILS": "fails", "inconclusive": "inconclusive", "ok": "holds", "BROKEN": "fails"}
 
 
-def html_table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; verdict cells get a fixed CSS class (never text taken from a result file)."""
+def html_table(header: list[str], rows: list[list[str]], pictures: list[str] | None = None) -> str:
+    """An HTML table; verdict cells get a fixed CSS class (never text taken from a result file). Every
+    cell is escaped; ``pictures`` (markup honed drew itself, one per row) fill a last column unescaped."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(
             (f"<td class='{CELL_CLASSES[c]}'>" if c in CELL_CLASSES else "<td>") + html.escape(str(c)) + "</td>"
-            for c in r) + "</tr>" for r in rows)
+            for c in r) + (f"<td>{pictures[i]}</td>" if pictures else "") + "</tr>" for i, r in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -296,14 +297,42 @@ def render_html(entries: dict[str, RunEntry]) -> str:
     return "\n".join(parts)
 
 
+SVG_COLOURS = {"holds": "#080", "fails": "#b00", "inconclusive": "#a60"}
+
+
+def interval_svg(check: Any, width: int = 180, height: int = 16) -> str:
+    """A small inline picture of a claim: its 95% interval (bar), value (dot) and target (grey tick),
+    coloured by verdict; empty when there is no value."""
+    if check.measured is None:
+        return ""
+    lo, hi = check.interval if check.interval else (check.measured, check.measured)
+    finite = [v for v in (lo, hi, check.measured, check.threshold) if math.isfinite(v)]
+    left, right = min(finite), max(finite)
+    pad = (right - left) * 0.1 or abs(right) * 0.1 or 1.0
+    left, right = left - pad, right + pad
+    x = lambda v: 4 + (width - 8) * (min(max(v, left), right) - left) / (right - left)  # noqa: E731
+    colour = SVG_COLOURS[check.verdict]
+    mid = height / 2
+    return (f"<svg width='{width}' height='{height}' role='img'>"
+            f"<line x1='{x(check.threshold):.1f}' x2='{x(check.threshold):.1f}' y1='0' y2='{height}' "
+            f"stroke='#888' stroke-width='2'/>"
+            f"<line x1='{x(lo):.1f}' x2='{x(hi):.1f}' y1='{mid}' y2='{mid}' stroke='{colour}' stroke-width='4'/>"
+            f"<circle cx='{x(check.measured):.1f}' cy='{mid}' r='3.5' fill='{colour}'/></svg>")
+
+
+def html_checks_table(header: list[str], rows: list[list[str]], checks: list) -> str:
+    """A claims / preconditions table with a picture column (interval, value and target)."""
+    return html_table(header + ["interval vs target"], rows, [interval_svg(c) for c in checks])
+
+
 def html_section(entry: RunEntry) -> list[str]:
     result = entry.result
     parts = [f"<h2 id='{html.escape(result.id, quote=True)}'>{html.escape(result.id)}: {html.escape(result.title)}</h2>",
              f"<p>Preset {html.escape(result.preset)}, seeds {html.escape(str(result.seeds))}, runtime "
              f"{result.runtime_s:.1f} s. Claims: {html.escape(result.status)}.</p>",
-             html_table(*readable_arms_table(result)), html_table(*claims_table(result))]
+             html_table(*readable_arms_table(result)), html_checks_table(*claims_table(result), result.claims)]
     if result.preconditions:
-        parts.append(html_table(*preconditions_table(result)))
+        parts.append(html_checks_table(*preconditions_table(result), result.preconditions))
     if result.invariants:
         parts.append(html_table(*invariants_table(result)))
     notes = [f"interval: {m}" for m in interval_methods(result)] + list(result.notes)
