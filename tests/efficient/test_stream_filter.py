@@ -165,3 +165,119 @@ def test_threshold_only_never_enters_stage2_and_bad_input_errors():
         f.step(x, y, phi * 2)
     with pytest.raises(InputError):
         make(batch=0)
+
+
+class BNModel(torch.nn.Module):
+    """Linear 4 -> 2 behind a BatchNorm: its running statistics show whether a refused forward stuck."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(self.bn(x))
+
+
+def state_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model, before):
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_nan_loss_is_refused_before_any_step_and_leaves_model_and_counters(stage):
+    model = BNModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    poison = {"on": False}
+
+    def loss(m, x, y):
+        out = ce(m, x, y)
+        return out * float("nan") if poison["on"] else out
+
+    f = StreamFilter(model, opt, loss, 4, 1, 10.0, 1, threshold_window=8)
+    for s in range(stage):  # stage 0 -> 1 after one batch; 1 -> 2 after one more (c = 10)
+        f.step(*data(seed=s))
+    assert f.stage == stage
+    if stage == 2:
+        f.predictor.predict = lambda phi: np.ones(len(phi), dtype=int)  # forward every example
+    before, counters = state_of(model), f.counters()
+    poison["on"] = True
+    with pytest.raises(InputError, match="NaN or inf"):
+        f.step(*data(seed=9))
+    assert_same_state(model, before)
+    assert f.counters() == counters
+
+
+def test_batch_mean_loss_is_refused_but_a_0d_loss_of_one_example_is_accepted():
+    model = CountingModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    f = StreamFilter(model, opt, lambda m, x, y: F.cross_entropy(m(x), y), 4, 2, 10.0, 1)
+    before = state_of(model)
+    with pytest.raises(InputError, match="one loss per example"):
+        f.step(*data(n=4))
+    assert_same_state(model, before)
+    x, y, phi = data(n=1)
+    f.step(x, y, phi)  # a scalar loss of a one-example batch is that example's loss
+    assert f.counters()["backward_examples"] == 1
+
+
+def test_empty_batch_and_loss_without_graph_are_refused():
+    model, f = make()
+    x, y, phi = data()
+    with pytest.raises(InputError, match="empty"):
+        f.step(x[:0], y[:0], phi[:0])
+    detached = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            lambda m, x, y: ce(m, x, y).detach(), 4, 2, 10.0, 1)
+    with pytest.raises(InputError, match="graph"):
+        detached.step(x, y, phi)
+
+
+def test_error_in_stage2_restores_every_submodule_mode():
+    model = BNModel()
+    fail = {"on": False}
+
+    def loss(m, x, y):
+        if fail["on"]:
+            raise RuntimeError("user loss failed")
+        return ce(m, x, y)
+
+    f = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0), loss, 4, 1, 10.0, 1,
+                     threshold_window=8)
+    f.step(*data(seed=0))
+    f.step(*data(seed=1))
+    assert f.stage == 2
+    model.train()
+    model.bn.eval()  # a user's frozen BatchNorm stays frozen
+    f.predictor.predict = lambda phi: np.ones(len(phi), dtype=int)  # forward every example
+    fail["on"] = True
+    with pytest.raises(RuntimeError, match="user loss failed"):
+        f.step(*data(seed=2))
+    assert model.training and model.lin.training and not model.bn.training
+
+
+def test_end_epoch_warns_when_the_epoch_stopped_back_propagating():
+    scale = {"value": 10.0}  # stage-0 losses ten times the later ones: tau sits above every later loss
+    model = CountingModel()
+    f = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0),
+                     lambda m, x, y: scale["value"] * ce(m, x, y), 4, 1, 1e-9, 2, threshold_window=8,
+                     max_stage=1)
+    f.step(*data(seed=0))
+    scale["value"] = 1.0
+    for s in range(1, 30):
+        f.step(*data(seed=s))
+    with pytest.warns(UserWarning, match=r"only 4 of the 120 examples of this epoch were back-propagated"):
+        f.end_epoch()
+    quiet = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0), ce, 4, 1, 1e-9, 2, max_stage=1,
+                         min_backward_share=0.0)
+    for s in range(5):
+        quiet.step(*data(seed=s))
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        quiet.end_epoch()

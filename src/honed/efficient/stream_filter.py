@@ -19,6 +19,16 @@ Inputs: ``inputs`` a tensor (B, ...) or a dict of tensors with leading dim B, ``
 ``phi`` a {0, 1} array (B, F). ``per_example_loss(model, inputs, targets) -> (B,)`` is the user's loss.
 The LR scheduler, if given, is stepped per optimizer step (so in stage 2 its horizon no longer matches
 the number of examples, as in the reference; documented, not corrected).
+
+Refusals (one :class:`InputError`, before any optimizer step on the offending batch): an empty batch, a
+loss that is not one value per example (a batch-mean scalar cannot be compared with tau), and a NaN or
+infinite loss. A refused batch leaves the model's buffers (e.g. BatchNorm running statistics) and the
+counters as they were; in stage 2 the examples before the offending one have already been processed.
+
+The method is for fine-tuning a warm model: tau is frozen at the end of stage 0. Trained from scratch
+(or with too short a stage 0), tau is the loss of a barely trained model, the losses soon all fall below
+it and back-propagation stops. :meth:`end_epoch` warns when an epoch back-propagated fewer than
+``min_backward_share`` of its examples, naming tau and the epoch's losses.
 """
 import math
 import warnings
@@ -28,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_number
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
@@ -59,7 +69,10 @@ class StreamFilter:
     forward of staged stage-1 examples), ``forward_skipped`` (never forwarded), ``backward_examples``,
     ``backward_skipped``, ``buffer_dropped`` (left in the buffer when stage 2 starts).
     Invariant: seen == backward_examples + backward_skipped + buffer_dropped + len(buffer).
-    ``max_stage=1`` gives the threshold-only baseline (stages 0-1).
+    ``max_stage=1`` gives the threshold-only baseline (stages 0-1). ``min_backward_share`` (0.05;
+    0 disables): :meth:`end_epoch` warns when the epoch back-propagated a smaller share of the
+    examples it saw - twenty times fewer than full training, four times beyond the paper's largest
+    reported reduction (5.3x), the signature of a tau frozen too early.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -67,11 +80,13 @@ class StreamFilter:
                  batch_size: int, warmup_steps: int, predictor_loss_threshold: float,
                  predictor_window: int = 8, threshold_window: int = 128, scheduler: Any = None,
                  max_stage: int = 2, stage2_eval_mode: bool = True, stage2_update_predictor: bool = True,
-                 on_no_stage2: str = "warn"):
+                 on_no_stage2: str = "warn", min_backward_share: float = 0.05):
         if batch_size < 1 or warmup_steps < 1 or predictor_window < 1 or threshold_window < 1:
             raise InputError("batch_size, warmup_steps, predictor_window and threshold_window must be >= 1")
         if not predictor_loss_threshold > 0 or max_stage not in (1, 2) or on_no_stage2 not in ("warn", "error"):
             raise InputError("need predictor_loss_threshold > 0, max_stage in {1, 2}, on_no_stage2 in {warn, error}")
+        if not 0 <= check_number(min_backward_share, "min_backward_share") <= 1:
+            raise InputError(f"min_backward_share must lie in [0, 1], got {min_backward_share!r}")
         from sklearn.naive_bayes import BernoulliNB
 
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -79,7 +94,7 @@ class StreamFilter:
         self.batch_size, self.warmup_steps = batch_size, warmup_steps
         self.predictor_loss_threshold, self.max_stage = predictor_loss_threshold, max_stage
         self.stage2_eval_mode, self.stage2_update_predictor = stage2_eval_mode, stage2_update_predictor
-        self.on_no_stage2 = on_no_stage2
+        self.on_no_stage2, self.min_backward_share = on_no_stage2, float(min_backward_share)
         self.predictor = BernoulliNB()
         self.loss_history: deque[float] = deque(maxlen=threshold_window)
         self.predictor_losses: deque[float] = deque(maxlen=predictor_window)
@@ -88,6 +103,8 @@ class StreamFilter:
         self.predictor_fitted = False
         self.seen = self.forward_examples = self.forward_skipped = 0
         self.backward_examples = self.backward_skipped = self.buffer_dropped = 0
+        self.epoch_start: dict[str, int] = {}
+        self.epoch_losses: list[float] = []
 
     def counters(self) -> dict[str, int | float]:
         return {"seen": self.seen, "forward_examples": self.forward_examples,
@@ -96,18 +113,36 @@ class StreamFilter:
                 "buffered": sum(batch_len(x) for x, _ in self.buffer), "stage": self.stage, "tau": self.tau}
 
     # --- training primitives -------------------------------------------------------------------
+    def losses_of(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+        """``per_example_loss`` on the batch, checked: one finite loss per example, shape (B,)."""
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        losses = self.per_example_loss(self.model, inputs, targets)
+        try:
+            return check_losses(losses, len(targets))
+        except InputError:  # a refused forward leaves e.g. BatchNorm running statistics as they were
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            raise
+
     def backward_step(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
         """Forward with grad, mean loss backward, optimizer (and scheduler) step; returns losses."""
-        losses = self.per_example_loss(self.model, inputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        losses = self.losses_of(inputs, targets)
+        if not losses.requires_grad:
+            raise InputError("per_example_loss returned losses without a graph to the model's parameters "
+                             "(computed under torch.no_grad() or detached?): nothing to back-propagate")
+        self.optimizer_step(losses.mean())
         n = len(targets)
         self.forward_examples += n
         self.backward_examples += n
         return losses.detach()
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def fit_predictor(self, phi: np.ndarray, labels: np.ndarray) -> float:
         """partial_fit on (phi, labels); returns the cross-entropy on that batch after the update."""
@@ -118,14 +153,9 @@ class StreamFilter:
 
     # --- stages --------------------------------------------------------------------------------
     def step(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
-        """Process one incoming minibatch according to the current stage."""
-        phi = np.asarray(phi)
-        if phi.ndim != 2 or len(phi) != len(targets) or batch_len(inputs) != len(targets):
-            raise InputError(f"phi must be (B, F) and inputs/targets share B; got phi {phi.shape}, "
-                             f"targets {tuple(targets.shape)}")
-        if not np.isin(phi, (0, 1)).all():
-            raise InputError("phi must hold binary {0, 1} features")
-        self.seen += len(targets)
+        """Process one incoming minibatch according to the current stage (see the module doc for
+        what is refused)."""
+        phi = check_batch(inputs, targets, phi)
         if self.stage == 0:
             self.stage0(inputs, targets)
         elif self.stage == 1:
@@ -136,15 +166,19 @@ class StreamFilter:
 
     def stage0(self, inputs: Inputs, targets: torch.Tensor) -> None:
         losses = self.backward_step(inputs, targets)
+        self.seen += len(targets)
         self.loss_history.extend(losses.tolist())
+        self.epoch_losses.extend(losses.tolist())
         self.tau = float(np.mean(self.loss_history))
         if self.steps + 1 >= self.warmup_steps:
             self.stage = 1  # tau frozen from here on
 
     def stage1(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
         with torch.no_grad():
-            losses = self.per_example_loss(self.model, inputs, targets)
+            losses = self.losses_of(inputs, targets)
+        self.seen += len(targets)
         self.forward_examples += len(targets)
+        self.epoch_losses.extend(losses.tolist())
         labels = (losses > self.tau).long().numpy(force=True)
         self.predictor_losses.append(self.fit_predictor(phi, labels))
         keep = torch.nonzero(losses >= self.tau).flatten().cpu()
@@ -175,33 +209,37 @@ class StreamFilter:
     def stage2(self, inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> None:
         for i in range(len(targets)):
             if self.predictor.predict(phi[i:i + 1])[0] == 0:
+                self.seen += 1
                 self.forward_skipped += 1
                 self.backward_skipped += 1
                 continue
             self.stage2_example(take(inputs, [i]), targets[i:i + 1], phi[i:i + 1])
 
     def stage2_example(self, inputs: Inputs, target: torch.Tensor, phi: np.ndarray) -> None:
-        was_training = self.model.training
+        was_training = [(m, m.training) for m in self.model.modules()]
         self.model.train(not self.stage2_eval_mode)
-        loss = self.per_example_loss(self.model, inputs, target)
-        self.forward_examples += 1
-        label = int(loss.item() > self.tau)
-        if self.stage2_update_predictor:
-            self.fit_predictor(phi, np.array([label]))
-        if label:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.mean().backward()
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.backward_examples += 1
-        else:
-            self.backward_skipped += 1
-        self.model.train(was_training)
+        try:
+            loss = self.losses_of(inputs, target)
+            self.seen += 1
+            self.forward_examples += 1
+            self.epoch_losses.append(float(loss.detach()))
+            label = int(loss.item() > self.tau)
+            if self.stage2_update_predictor:
+                self.fit_predictor(phi, np.array([label]))
+            if label:
+                self.optimizer_step(loss.mean())
+                self.backward_examples += 1
+            else:
+                self.backward_skipped += 1
+        finally:
+            for module, training in was_training:
+                module.training = training
 
     def end_epoch(self) -> None:
         """Call after each epoch: the second epoch always runs stage 2 (if ``max_stage`` is 2).
-        Stage 2 never reached in the first epoch warns (or raises, ``on_no_stage2="error"``)."""
+        Stage 2 never reached in the first epoch warns (or raises, ``on_no_stage2="error"``). An
+        epoch that back-propagated fewer than ``min_backward_share`` of its examples warns."""
+        self.warn_if_stalled()
         if self.max_stage == 2 and self.stage < 2:
             message = "stream filter: stage 2 was not reached in this epoch; forcing it for the next"
             if self.on_no_stage2 == "error":
@@ -209,3 +247,56 @@ class StreamFilter:
             warnings.warn(message, stacklevel=2)
             if self.stage == 1 and self.predictor_fitted:
                 self.enter_stage2()
+
+    def warn_if_stalled(self) -> None:
+        now = {"seen": self.seen, "backward_examples": self.backward_examples, "forward_skipped": self.forward_skipped}
+        seen, backward, skipped = (now[k] - self.epoch_start.get(k, 0) for k in now)
+        losses, self.epoch_start, self.epoch_losses = self.epoch_losses, now, []
+        if not seen or backward >= self.min_backward_share * seen:
+            return
+        forwarded = (f"of the {len(losses)} forwarded, median loss {float(np.median(losses)):.4g}, "
+                     f"{sum(v > self.tau for v in losses)} above tau = {self.tau:.4g}" if losses
+                     else f"none forwarded; tau = {self.tau:.4g}")
+        warnings.warn(
+            f"stream filter: only {backward} of the {seen} examples of this epoch were back-propagated "
+            f"({skipped} skipped by the predictor without a forward; {forwarded}). tau was frozen at the end "
+            f"of stage 0 (step {self.warmup_steps}) from the losses of a model still learning, and the filter "
+            "has stopped training it: StreamFilter fine-tunes a warm model; warm-start it or lengthen stage 0 "
+            "(warmup_steps)", stacklevel=3)
+
+
+COUNTERS = ("seen", "forward_examples", "forward_skipped", "backward_examples", "backward_skipped",
+            "buffer_dropped", "steps", "stage", "tau")
+
+
+def check_batch(inputs: Inputs, targets: torch.Tensor, phi: np.ndarray) -> np.ndarray:
+    """Return ``phi`` as an array or raise InputError for an empty batch or mismatched shapes."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() < 1:
+        raise InputError(f"targets must be a tensor with a batch dimension, got {getattr(targets, 'shape', targets)!r}")
+    if not isinstance(inputs, (torch.Tensor, dict)):
+        raise InputError(f"inputs must be a tensor or a dict of tensors, got {type(inputs).__name__}")
+    phi = np.asarray(phi)
+    if phi.ndim != 2 or len(phi) != len(targets) or batch_len(inputs) != len(targets):
+        raise InputError(f"phi must be (B, F) and inputs/targets share B; got phi {phi.shape}, "
+                         f"targets {tuple(targets.shape)}, inputs of batch size {batch_len(inputs)}")
+    if len(targets) == 0:
+        raise InputError("the batch is empty: StreamFilter.step needs at least one example")
+    if not np.isin(phi, (0, 1)).all():
+        raise InputError("phi must hold binary {0, 1} features")
+    return phi
+
+
+def check_losses(losses: Any, n: int) -> torch.Tensor:
+    """``losses`` as a (n,) tensor, or InputError: not a tensor, not one loss per example, not finite."""
+    if not isinstance(losses, torch.Tensor):
+        raise InputError(f"per_example_loss must return a tensor of shape ({n},), got {type(losses).__name__}")
+    if losses.dim() == 0 and n == 1:
+        losses = losses.reshape(1)
+    if losses.shape != (n,):
+        raise InputError(f"per_example_loss must return one loss per example, shape ({n},), got "
+                         f"{tuple(losses.shape)}: StreamFilter compares each example's loss with tau (use e.g. "
+                         "F.cross_entropy(..., reduction='none'))")
+    if not bool(torch.isfinite(losses.detach()).all()):
+        raise InputError(f"per_example_loss returned NaN or inf for {int((~torch.isfinite(losses.detach())).sum())} "
+                         f"of {n} examples; refused before any optimizer step on this batch")
+    return losses
