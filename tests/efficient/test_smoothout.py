@@ -277,3 +277,51 @@ def test_random_perturbation_loss_increase_matches_a_squared_over_three():
     value = random_perturbation_loss_increase(model, loss, torch.zeros(1), torch.zeros(1), 0.03,
                                               generator=torch.Generator().manual_seed(0))
     assert value == pytest.approx(0.03 ** 2 / 3, rel=0.02)
+
+
+def noisy_grad_step(so_factory, use):
+    """One SGD step (lr 0.5) from a fixed model; returns (clean weights, noise, grads, weights after)."""
+    model, (x, y) = small_mlp(), batch(8)
+    clean = snapshot(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    so = so_factory(model, opt)
+    so.inject()
+    noise = {k: v.clone() for k, v in so.noise.items()}
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    use(so, opt)
+    return clean, noise, grads, snapshot(model), so
+
+
+@pytest.mark.parametrize("how", ["step", "attached"])
+def test_plain_loop_step_keeps_the_update_taken_from_the_clean_weights(how):
+    if how == "step":
+        factory = lambda m, o: SmoothOut(m, 0.05, generator=torch.Generator().manual_seed(0))  # noqa: E731
+        use = lambda so, opt: so.step(opt)  # noqa: E731
+    else:
+        factory = lambda m, o: SmoothOut(m, 0.05, generator=torch.Generator().manual_seed(0), optimizer=o)  # noqa: E731
+        use = lambda so, opt: opt.step()  # noqa: E731  the attached optimizer removes the noise itself
+    clean, noise, grads, after, so = noisy_grad_step(factory, use)
+    assert any(v.abs().max() > 0.01 for v in noise.values())
+    for name in clean:  # the SGD update, applied to w (not w + theta), with the gradient taken at w + theta
+        torch.testing.assert_close(after[name], clean[name] - 0.5 * grads[name])
+    assert so.t == 1 and not so.injected
+
+
+def test_optimizer_step_while_noise_is_in_raises_instead_of_dropping_the_update():
+    def use(so, opt):
+        opt.step()  # the unsafe order: steps the noisy weights, then denoise would copy w back
+        with pytest.raises(RuntimeError, match="changed in place while the noise was in"):
+            so.denoise()
+
+    clean, noise, _, after, so = noisy_grad_step(lambda m, o: SmoothOut(m, 0.05), use)
+    assert all(torch.equal(after[n], clean[n]) for n in noise) and not so.injected  # noised ones restored
+    model = small_mlp()
+    so = SmoothOut(model, 0.05)
+    so.inject()
+    with pytest.raises(RuntimeError, match="step\\(optimizer\\)"):
+        so.step()
+    with pytest.raises(InputError):
+        so.step("sgd")
+    so.denoise()
+    so.detach()

@@ -7,11 +7,19 @@ backward (gradients are evaluated at ``w + theta``), then restore ``w`` BEFORE t
 
 Use it three ways:
 
-* plain loop: ``so.inject(); loss.backward(); so.denoise(); opt.step(); so.step()``;
-* ``with so.perturbed(): loss_fn(model(x), y).backward()``;
+* plain loop: ``so.inject(); loss.backward(); so.step(optimizer)`` (``step`` removes the noise, then
+  steps the optimizer, then advances the amplitude schedule), or ``with so.perturbed(): loss.backward()``
+  then ``so.step(optimizer)``;
+* hand the optimizer over once, ``SmoothOut(model, a, optimizer=opt)`` (or :meth:`SmoothOut.attach`):
+  the optimizer itself then removes the noise before every ``opt.step()`` and advances the schedule
+  after it, so ``so.inject(); loss.backward(); opt.step()`` is safe too;
 * as a :class:`honed.core.loop.Callback` (``train(..., callbacks=[so], ghost_size=128)``): one fresh draw
   per ghost chunk (``on_batch_start``), removed after each chunk's backward (``after_backward``), so the
   optimizer always steps from the clean weights.
+
+An optimizer step taken while the noise is in would be thrown away when the clean weights are copied
+back; :meth:`SmoothOut.denoise` notices it (the parameters' in-place version counters moved) and raises
+instead of dropping the update silently.
 """
 import math
 from contextlib import contextmanager
@@ -74,6 +82,7 @@ class SmoothOut(Callback):
         schedule: amplitude over optimizer steps t (see :meth:`amplitude_at`).
         total_steps: T for ``tanh``; taken from the train loop when used as a callback and left None.
         generator: a ``torch.Generator`` on the parameters' device for reproducible noise.
+        optimizer: optional; attached with :meth:`attach` (noise removed before each of its steps).
 
     Restoration is exact: :meth:`inject` keeps a copy of the clean weights and :meth:`denoise` copies
     it back. Subtracting the noise, as the reference code does, is NOT bit-exact in float arithmetic
@@ -83,7 +92,8 @@ class SmoothOut(Callback):
 
     def __init__(self, model: nn.Module, amplitude: float, mode: str = "none", noise: str = "uniform",
                  schedule: str = "constant", total_steps: int | None = None, exclude_bn: bool = True,
-                 coef: float = 1.0, generator: torch.Generator | None = None) -> None:
+                 coef: float = 1.0, generator: torch.Generator | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
         self.amplitude = check_amplitude(amplitude)
         self.coef = check_amplitude(coef, "coef")
@@ -97,7 +107,10 @@ class SmoothOut(Callback):
         self.params = perturbable_parameters(model, exclude_bn)
         self.t = 0
         self.noise: dict[str, torch.Tensor] = {}
-        self._clean: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._clean: list[tuple[nn.Parameter, torch.Tensor, int]] = []
+        self._hooks: list = []
+        if optimizer is not None:
+            self.attach(optimizer)
 
     # -- schedule ---------------------------------------------------------------------------------
     def amplitude_at(self, step: int) -> float:
@@ -113,8 +126,37 @@ class SmoothOut(Callback):
             raise InputError("schedule 'tanh' needs total_steps (or use SmoothOut as a train() callback)")
         return self.amplitude * (math.tanh(TANH_SCALE * (step / self.total_steps - 0.5)) + 1.0) / 2.0
 
-    def step(self) -> None:
-        """Advance the schedule by one optimizer step (plain-loop use; the callback syncs itself)."""
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Plain-loop step: remove the noise (if in), ``optimizer.step()``, advance the schedule by one.
+        Without ``optimizer`` only the schedule advances, and the noise must already be out."""
+        if optimizer is None:
+            if self.injected:
+                raise RuntimeError("SmoothOut.step() without an optimizer while the noise is in: call "
+                                   "so.step(optimizer), which removes the noise before stepping")
+            self.t += 1
+            return
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InputError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.denoise()
+        optimizer.step()
+        if not self._hooks:  # an attached optimizer's post-hook advances t itself
+            self.t += 1
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make ``optimizer`` remove the noise before each of its steps (step pre-hook) and advance
+        the amplitude schedule after it, whatever order the loop calls things in."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InputError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self._hooks.append(optimizer.register_step_pre_hook(lambda *_: self.denoise()))
+        self._hooks.append(optimizer.register_step_post_hook(lambda *_: self._advance()))
+
+    def detach(self) -> None:
+        """Remove the hooks :meth:`attach` put on the optimizer."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def _advance(self) -> None:
         self.t += 1
 
     # -- noise ------------------------------------------------------------------------------------
@@ -152,16 +194,25 @@ class SmoothOut(Callback):
         self.noise = {}
         for name, p in self.params:
             theta = self.draw_noise(p.data, amplitude)
-            self._clean.append((p, p.data.clone()))
+            self._clean.append((p, p.data.clone(), p._version))
             self.noise[name] = theta
             p.data.add_(theta)
 
     @torch.no_grad()
     def denoise(self) -> None:
-        """Restore the clean weights bit-identically (copied back, not subtracted). No-op if clean."""
-        for p, clean in self._clean:
+        """Restore the clean weights bit-identically (copied back, not subtracted). No-op if clean.
+
+        Raises RuntimeError (after restoring) when a parameter was changed in place while the noise
+        was in - an ``optimizer.step()`` before ``denoise()`` - since that update is now lost."""
+        moved = [p for p, _, version in self._clean if p._version != version]
+        for p, clean, _ in self._clean:
             p.data.copy_(clean)
         self._clean = []
+        if moved:
+            raise RuntimeError(
+                f"SmoothOut: {len(moved)} parameter(s) were changed in place while the noise was in "
+                "(optimizer.step() before denoise()?); restoring the clean weights threw that update away. "
+                "Use so.step(optimizer), or SmoothOut(..., optimizer=opt) so the optimizer removes the noise first")
 
     def commit(self) -> None:
         """Keep the current noisy weights as the new clean weights (the noisy-SGD baseline)."""
