@@ -16,9 +16,9 @@ def all_methods(boxes, scores, **kw):
     """Kept indices of every implementation (MaxpoolNMS with each box as its own anchor)."""
     return {
         "greedy": greedy_nms(boxes, scores, 0.5, classes=kw.get("classes")),
-        "maxpool": maxpool_nms(boxes, scores, 0.5, anchors=boxes, image_size=IMAGE, **kw),
-        "psrr": psrr_maxpool_nms(boxes, scores, 0.5, image_size=IMAGE, **kw),
-        "psrr_loop": psrr_maxpool_nms_loop(boxes, scores, 0.5, image_size=IMAGE, **kw),
+        "maxpool": maxpool_nms(boxes, scores, anchors=boxes, image_size=IMAGE, **kw),
+        "psrr": psrr_maxpool_nms(boxes, scores, image_size=IMAGE, **kw),
+        "psrr_loop": psrr_maxpool_nms_loop(boxes, scores, image_size=IMAGE, **kw),
     }
 
 
@@ -91,8 +91,8 @@ def test_duplicate_pair_on_a_window_border_survives_unshifted_but_not_shifted():
     boxes = torch.tensor([[127.0, 136.0, 255.0, 264.0], [129.0, 136.0, 257.0, 264.0]])
     scores = torch.tensor([0.9, 0.8])
     for impl in (psrr_maxpool_nms, psrr_maxpool_nms_loop):
-        assert impl(boxes, scores, 0.5, image_size=IMAGE, shift=False).tolist() == [0, 1]
-        assert impl(boxes, scores, 0.5, image_size=IMAGE, shift=True).tolist() == [0]
+        assert impl(boxes, scores, image_size=IMAGE, shift=False).tolist() == [0, 1]
+        assert impl(boxes, scores, image_size=IMAGE, shift=True).tolist() == [0]
     assert greedy_nms(boxes, scores, 0.5).tolist() == [0]
 
 
@@ -101,9 +101,9 @@ def test_maxpool_maps_by_source_anchor_and_psrr_by_the_box_itself():
     boxes = torch.tensor([[200.0, 200.0, 264.0, 264.0]] * 2)
     anchors = torch.tensor([[100.0, 100.0, 164.0, 164.0], [300.0, 300.0, 364.0, 364.0]])
     scores = torch.tensor([0.6, 0.9])
-    assert maxpool_nms(boxes, scores, 0.5, anchors=anchors, image_size=IMAGE).tolist() == [1, 0]
-    assert psrr_maxpool_nms(boxes, scores, 0.5, anchors=anchors, image_size=IMAGE).tolist() == [1]
-    no_rr = psrr_maxpool_nms(boxes, scores, 0.5, anchors=anchors, image_size=IMAGE, relationship_recovery=False)
+    assert maxpool_nms(boxes, scores, anchors=anchors, image_size=IMAGE).tolist() == [1, 0]
+    assert psrr_maxpool_nms(boxes, scores, anchors=anchors, image_size=IMAGE).tolist() == [1]
+    no_rr = psrr_maxpool_nms(boxes, scores, anchors=anchors, image_size=IMAGE, relationship_recovery=False)
     assert no_rr.tolist() == [1, 0]
 
 
@@ -113,8 +113,8 @@ def test_tensor_and_loop_versions_agree(seed, shift, rr, n_classes):
     boxes, scores, classes, anchors = random_case(seed, n_classes=n_classes)
     kw = dict(classes=classes, anchors=anchors, image_size=IMAGE, shift=shift, relationship_recovery=rr)
     for levels in (("channel", "cross_ratio", "cross_scale", "all"), ("channel",), ("all", "cross_scale")):
-        fast = psrr_maxpool_nms(boxes, scores, 0.5, levels=levels, **kw)
-        slow = psrr_maxpool_nms_loop(boxes, scores, 0.5, levels=levels, **kw)
+        fast = psrr_maxpool_nms(boxes, scores, levels=levels, **kw)
+        slow = psrr_maxpool_nms_loop(boxes, scores, levels=levels, **kw)
         assert fast.tolist() == slow.tolist()
 
 
@@ -149,8 +149,8 @@ def test_psrr_is_closer_to_greedy_than_without_relationship_recovery_on_a_cluste
     anchors = gt + lattice.repeat(1, 2)
     scores = torch.rand(9, generator=gen)
     assert len(greedy_nms(boxes, scores, 0.5)) == 1
-    assert len(psrr_maxpool_nms(boxes, scores, 0.5, image_size=IMAGE)) == 1
-    assert len(maxpool_nms(boxes, scores, 0.5, anchors=anchors, image_size=IMAGE)) >= 4
+    assert len(psrr_maxpool_nms(boxes, scores, image_size=IMAGE)) == 1
+    assert len(maxpool_nms(boxes, scores, anchors=anchors, image_size=IMAGE)) >= 4
 
 
 def test_bad_inputs_raise_one_line_errors():
@@ -158,19 +158,19 @@ def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(InputError, match="boxes must be a"):
         greedy_nms(boxes[0], scores, 0.5)
     with pytest.raises(InputError, match="scores must have shape"):
-        psrr_maxpool_nms(boxes, torch.tensor([0.5, 0.4]), 0.5)
+        psrr_maxpool_nms(boxes, torch.tensor([0.5, 0.4]))
     with pytest.raises(InputError, match="finite"):
-        psrr_maxpool_nms(boxes, torch.tensor([float("nan")]), 0.5)
+        psrr_maxpool_nms(boxes, torch.tensor([float("nan")]))
     with pytest.raises(InputError, match="x1 <= x2"):
         greedy_nms(torch.tensor([[5.0, 0.0, 1.0, 5.0]]), scores, 0.5)
     with pytest.raises(InputError, match="iou_threshold"):
-        psrr_maxpool_nms(boxes, scores, 1.5)
+        greedy_nms(boxes, scores, 1.5)
     with pytest.raises(InputError, match="pass anchors"):
-        psrr_maxpool_nms(boxes, scores, 0.5, relationship_recovery=False)
+        psrr_maxpool_nms(boxes, scores, relationship_recovery=False)
     with pytest.raises(InputError, match="levels"):
-        psrr_maxpool_nms(boxes, scores, 0.5, levels=("channel", "diagonal"))
+        psrr_maxpool_nms(boxes, scores, levels=("channel", "diagonal"))
     with pytest.raises(InputError, match="channel_distance"):
-        psrr_maxpool_nms(boxes, scores, 0.5, channel_distance="euclid")
+        psrr_maxpool_nms(boxes, scores, channel_distance="euclid")
     with pytest.raises(InputError, match="AnchorSet"):
         AnchorSet(alpha=0.0)
 
@@ -179,3 +179,56 @@ def test_empty_input_gives_empty_int64():
     boxes, scores = torch.zeros(0, 4), torch.zeros(0)
     for name, keep in all_methods(boxes, scores).items():
         assert keep.shape == (0,) and keep.dtype == torch.int64, name
+
+
+def test_pool_methods_refuse_an_iou_threshold_they_would_ignore():
+    boxes, scores = torch.tensor([[0.0, 0.0, 50.0, 50.0]]), torch.tensor([0.5])
+    for call in (lambda: psrr_maxpool_nms(boxes, scores, 0.5), lambda: maxpool_nms(boxes, scores, 0.5, anchors=boxes),
+                 lambda: psrr_maxpool_nms_loop(boxes, scores, 0.5)):
+        with pytest.raises(InputError, match="alpha"):
+            call()
+
+
+def detector_output(n=1000, seed=0):
+    """n boxes in [0, 1]-normalised xyxy around 20 objects of a 512 x 512 image."""
+    gen = torch.Generator().manual_seed(seed)
+    objects = torch.rand(20, 2, generator=gen) * 0.8 + 0.1
+    side = torch.rand(20, 1, generator=gen) * 0.3 + 0.05
+    pick = torch.randint(20, (n,), generator=gen)
+    centre = objects[pick] + torch.randn(n, 2, generator=gen) * 0.1 * side[pick]
+    half = side[pick] / 2 * (1 + 0.1 * torch.randn(n, 2, generator=gen))
+    return torch.cat([centre - half, centre + half], 1).clamp(0, 1), torch.rand(n, generator=gen)
+
+
+def test_normalised_boxes_are_refused_or_scaled_with_normalized_true():
+    boxes, scores = detector_output()
+    for outside in (boxes, boxes * 1.2 - 0.1):  # detectors overshoot [0, 1] a little
+        with pytest.raises(InputError, match="normalized=True"):
+            psrr_maxpool_nms(outside, scores)
+    with pytest.raises(InputError, match="image_size"):
+        psrr_maxpool_nms(boxes, scores, normalized=True)
+    keep = psrr_maxpool_nms(boxes, scores, normalized=True, image_size=IMAGE)
+    pixels = psrr_maxpool_nms(boxes * 512, scores, image_size=IMAGE)
+    assert torch.equal(keep, pixels) and len(keep) > 1
+    anchors_in_units = AnchorSet(sides=tuple(s / 512 for s in AnchorSet().sides), stride=16 / 512)
+    assert torch.equal(psrr_maxpool_nms(boxes, scores, anchor_set=anchors_in_units), pixels)
+
+
+def test_negative_coordinates_give_the_result_of_the_same_boxes_moved_into_the_image():
+    boxes, scores, _, _ = random_case(3, n_max=40)
+    boxes = boxes - boxes.amin(0)[:2].repeat(2)  # lowest x1 and y1 at 0
+    moved = boxes - torch.tensor([1600.0, 3200.0, 1600.0, 3200.0])  # a whole number of cells
+    assert (moved < 0).all()
+    assert torch.equal(psrr_maxpool_nms(moved, scores), psrr_maxpool_nms(boxes, scores))
+    assert torch.equal(psrr_maxpool_nms_loop(moved, scores), psrr_maxpool_nms(moved, scores))
+
+
+def test_huge_coordinates_are_refused_before_allocating_and_class_ids_need_not_be_dense():
+    boxes, scores, classes, _ = random_case(5, n_max=30, n_classes=3)
+    with pytest.raises(InputError, match="score map would hold"):
+        psrr_maxpool_nms(boxes * 1e7, scores)
+    assert len(psrr_maxpool_nms(boxes * 1e7, scores, image_size=(512e7, 512e7), anchor_set=AnchorSet(
+        sides=tuple(s * 1e7 for s in AnchorSet().sides), stride=16e7))) >= 1
+    sparse_ids = torch.tensor([7, 1000, 123456])[classes]
+    assert torch.equal(psrr_maxpool_nms(boxes, scores, classes=sparse_ids, image_size=IMAGE),
+                       psrr_maxpool_nms(boxes, scores, classes=classes, image_size=IMAGE))

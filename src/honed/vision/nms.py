@@ -2,17 +2,23 @@
 (PSRR-MaxpoolNMS: Pyramid Shifted MaxpoolNMS with Relationship Recovery, Zhang et al., CVPR 2021,
 arXiv:2105.12990; base method MaxpoolNMS, Cai et al., CVPR 2019, arXiv:1904.12221).
 
-Every function takes torchvision.ops.nms's call shape - ``boxes`` (N, 4) float xyxy in pixels
-(x1 <= x2, y1 <= y2, finite), ``scores`` (N,) finite, ``iou_threshold`` in [0, 1] - and returns the kept
-indices as int64 sorted by decreasing score (ties: lower index first). ``classes`` (N,) int64 >= 0 runs
-the suppression independently per class (torchvision's batched_nms).
+Every function takes ``boxes`` (N, 4) float xyxy (x1 <= x2, y1 <= y2, finite) and ``scores`` (N,)
+finite, and returns the kept indices as int64 sorted by decreasing score (ties: lower index first).
+``classes`` (N,) int64 >= 0 runs the suppression independently per class (torchvision's batched_nms).
+:func:`greedy_nms` has torchvision.ops.nms's call shape ``(boxes, scores, iou_threshold)`` and works in
+any unit.
 
 The max-pool methods do not compute IoU: a box is suppressed when a higher-scoring box falls in the
 same pooling window of a score map indexed by (class, anchor channel, cell). Their suppression radius is
-set by ``AnchorSet.alpha`` (window = alpha x anchor size); ``iou_threshold`` is validated and accepted
-only for the drop-in call shape. Steps of the card marked reconstructed (R) are named options with the
-card's default: the scale-aware channel distance (``channel_distance="log"``) and the pooling pyramid
-(``levels``: per channel, cross-ratio, cross-scale, all channels).
+set by ``AnchorSet.alpha`` (window = alpha x anchor size, card 35 step 2), so they take no
+``iou_threshold``; passing one raises :class:`InputError` saying so. Their anchors and stride are in
+pixels: boxes in [0, 1]-normalised coordinates need ``normalized=True`` with ``image_size=(H, W)`` (or
+an ``AnchorSet`` in the same units); boxes spanning less than one stride are refused rather than pooled
+into one cell. Without ``image_size`` the grid spans the boxes (negative coordinates included); a score
+map of more than ``MAX_SCORE_MAP_CELLS`` cells (e.g. coordinates in the millions) is refused rather than
+allocated. Steps of the card marked reconstructed (R) are named options with the card's default: the
+scale-aware channel distance (``channel_distance="log"``) and the pooling pyramid (``levels``: per
+channel, cross-ratio, cross-scale, all channels).
 """
 import math
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from honed.core.errors import InputError
 
 LEVELS = ("channel", "cross_ratio", "cross_scale", "all")
 CHANNEL_DISTANCES = ("log", "raw")
+MAX_SCORE_MAP_CELLS = 2 ** 26  # 512 MiB of float64 scores: beyond it, refuse instead of allocating
 
 
 def round_half_up(x: float) -> int:
@@ -168,27 +175,70 @@ class CellMap:
 
 
 def map_to_cells(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None, anchor_set: AnchorSet,
-                 image_size: tuple[int, int] | None, channel_distance: str) -> CellMap:
+                 image_size: tuple[float, float] | None, channel_distance: str) -> CellMap:
     """Card step 1: cell (floor(cy / beta), floor(cx / beta)) of the box centre, clamped to the grid,
     and the channel of the box shape. Pass source anchors as ``boxes`` for MaxpoolNMS's anchor-index
-    mapping. ``image_size`` (H, W) in pixels; None = the extent of the boxes."""
+    mapping. ``image_size`` (H, W) in the boxes' units; None = the extent of the boxes, from
+    min(0, lowest coordinate) rounded down to a cell. Classes are renumbered to those present."""
     n = boxes.shape[0]
-    if image_size is None:
-        height = float(boxes[:, 3].max()) if n else 1.0
-        width = float(boxes[:, 2].max()) if n else 1.0
+    stride = anchor_set.stride
+    if image_size is None and n:
+        low = torch.clamp(boxes.double().amin(0)[:2], max=0.0).div(stride).floor().mul(stride)  # (x, y)
+        top = boxes.double().amax(0)[2:]
     else:
-        height, width = image_size
-    grid_h = max(1, math.ceil(height / anchor_set.stride))
-    grid_w = max(1, math.ceil(width / anchor_set.stride))
-    centre = (boxes[:, :2] + boxes[:, 2:]).double() / 2
-    row = torch.floor(centre[:, 1] / anchor_set.stride).long().clamp(0, grid_h - 1)
-    col = torch.floor(centre[:, 0] / anchor_set.stride).long().clamp(0, grid_w - 1)
-    cls = torch.zeros(n, dtype=torch.long) if classes is None else classes.long()
+        height, width = image_size or (1.0, 1.0)
+        low, top = torch.zeros(2, dtype=torch.float64), torch.tensor([width, height], dtype=torch.float64)
+    grid_w, grid_h = (max(1, math.ceil(float(v) / stride)) for v in (top - low))
+    cls = torch.zeros(n, dtype=torch.long) if classes is None else torch.unique(classes, return_inverse=True)[1]
+    n_cls = int(cls.max()) + 1 if n else 1
+    check_map_size((n_cls, anchor_set.num_channels, grid_h, grid_w), stride)
+    centre = (boxes[:, :2] + boxes[:, 2:]).double() / 2 - low
+    row = torch.floor(centre[:, 1] / stride).long().clamp(0, grid_h - 1)
+    col = torch.floor(centre[:, 0] / stride).long().clamp(0, grid_w - 1)
     key = torch.empty(n, dtype=torch.float64)
     key[score_order(scores)] = torch.arange(n, 0, -1, dtype=torch.float64)
-    n_cls = int(cls.max()) + 1 if n else 1
     return CellMap(cls, anchor_set.channel_of(boxes, channel_distance), row, col, key,
                    (n_cls, anchor_set.num_channels, grid_h, grid_w))
+
+
+def check_map_size(shape: tuple[int, int, int, int], stride: float) -> None:
+    """Raise InputError when the score map (classes, channels, H, W) exceeds MAX_SCORE_MAP_CELLS."""
+    cells = math.prod(shape)
+    if cells > MAX_SCORE_MAP_CELLS:
+        raise InputError(
+            f"the score map would hold {cells:.3g} cells ({shape[0]} classes x {shape[1]} channels x {shape[2]} x "
+            f"{shape[3]} cells of stride {stride:g}), more than {MAX_SCORE_MAP_CELLS}: pass image_size=(H, W) "
+            "(centres are clamped to it), boxes in pixels, or an AnchorSet with a larger stride")
+
+
+def to_pixels(boxes: torch.Tensor, anchors: torch.Tensor | None, anchor_set: AnchorSet,
+              image_size: tuple[float, float] | None, normalized: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale [0, 1]-normalised boxes (and anchors) by (W, H, W, H) when ``normalized``; refuse two or
+    more boxes whose coordinates all lie within less than one stride (a unit mismatch, such as
+    normalised boxes with a pixel anchor set, that would pool every box into one cell)."""
+    if image_size is not None:
+        if len(image_size) != 2 or not all(math.isfinite(float(v)) and float(v) > 0 for v in image_size):
+            raise InputError(f"image_size must be (H, W) with H, W > 0, got {image_size!r}")
+    if normalized:
+        if image_size is None:
+            raise InputError("normalized=True needs image_size=(H, W) to turn [0, 1] coordinates into pixels")
+        scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=boxes.dtype)
+        return boxes * scale, None if anchors is None else anchors * scale
+    span = float(boxes.max() - boxes.min()) if len(boxes) else 0.0
+    if len(boxes) >= 2 and span < anchor_set.stride:
+        raise InputError(
+            f"all {len(boxes)} boxes lie within {span:.3g} units, less than one cell of the anchor set's stride "
+            f"{anchor_set.stride:g} (pixels), so they would pool into one cell: normalised coordinates? pass "
+            "normalized=True with image_size=(H, W), boxes in pixels, or an AnchorSet in the boxes' units")
+    return boxes, anchors
+
+
+def refuse_iou_threshold(iou_threshold: object) -> None:
+    """The max-pool methods take no IoU threshold (card 35 step 2: the window is alpha x anchor size)."""
+    if iou_threshold is not None:
+        raise InputError(
+            f"max-pool NMS computes no IoU, so iou_threshold={iou_threshold!r} would be ignored: its suppression "
+            "radius is AnchorSet(alpha=...) x anchor size (card default alpha 0.75); drop the argument")
 
 
 def window_offsets(kernel: tuple[int, int], shift: bool) -> list[tuple[int, int]]:
@@ -222,11 +272,11 @@ def pooled_survivors(cells: CellMap, groups, shift: bool) -> torch.Tensor:
     return alive
 
 
-def psrr_maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, *,
+def psrr_maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: None = None, *,
                      classes: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                     anchor_set: AnchorSet = AnchorSet(), image_size: tuple[int, int] | None = None,
-                     relationship_recovery: bool = True, shift: bool = True, levels: tuple[str, ...] = LEVELS,
-                     channel_distance: str = "log") -> torch.Tensor:
+                     anchor_set: AnchorSet = AnchorSet(), image_size: tuple[float, float] | None = None,
+                     normalized: bool = False, relationship_recovery: bool = True, shift: bool = True,
+                     levels: tuple[str, ...] = LEVELS, channel_distance: str = "log") -> torch.Tensor:
     """PSRR-MaxpoolNMS (Zhang et al., CVPR 2021, arXiv:2105.12990): Relationship Recovery maps each
     box by its own centre and shape to (class, channel, cell); a pyramid of non-overlapping max-pools
     (``levels``, kernel = stride) in the unshifted and, with ``shift``, the half-kernel-shifted grid
@@ -234,11 +284,11 @@ def psrr_maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: f
 
     Ablations: ``shift=False`` (no shifted pass); ``relationship_recovery=False`` maps each box by its
     source anchor ``anchors`` (N, 4) xyxy instead (MaxpoolNMS's anchor-index mapping). ``image_size``
-    (H, W) fixes the grid (None: the extent of the boxes); cells are clamped to it. Returns int64
-    indices sorted by decreasing score; ``iou_threshold`` is validated but unused (see module)."""
-    check_inputs(boxes, scores, iou_threshold, classes, anchors)
-    if not relationship_recovery and anchors is None:
-        raise InputError("relationship_recovery=False maps boxes by their source anchors: pass anchors (N, 4)")
+    (H, W) fixes the grid (None: the extent of the boxes); cells are clamped to it. ``normalized``: boxes
+    (and anchors) are in [0, 1] of ``image_size``. Returns int64 indices sorted by decreasing score.
+    ``iou_threshold`` must stay None (no IoU is computed; see the module docstring)."""
+    boxes, anchors = checked_pool_inputs(boxes, scores, iou_threshold, classes, anchors, anchor_set, image_size,
+                                         normalized, relationship_recovery)
     source = boxes if relationship_recovery else anchors
     cells = map_to_cells(source, scores, classes, anchor_set, image_size, channel_distance)
     alive = pooled_survivors(cells, anchor_set.groups(tuple(levels)), shift)
@@ -246,29 +296,40 @@ def psrr_maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: f
     return order[alive[order]]
 
 
-def maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, *,
+def checked_pool_inputs(boxes, scores, iou_threshold, classes, anchors, anchor_set: AnchorSet, image_size,
+                        normalized: bool, relationship_recovery: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The max-pool methods' checks, in one place; returns (boxes, anchors) in the anchor set's units."""
+    refuse_iou_threshold(iou_threshold)
+    check_inputs(boxes, scores, 0.0, classes, anchors)
+    if not relationship_recovery and anchors is None:
+        raise InputError("relationship_recovery=False maps boxes by their source anchors: pass anchors (N, 4)")
+    return to_pixels(boxes, anchors, anchor_set, image_size, normalized)
+
+
+def maxpool_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: None = None, *,
                 anchors: torch.Tensor, classes: torch.Tensor | None = None, anchor_set: AnchorSet = AnchorSet(),
-                image_size: tuple[int, int] | None = None, levels: tuple[str, ...] = LEVELS) -> torch.Tensor:
+                image_size: tuple[float, float] | None = None, normalized: bool = False,
+                levels: tuple[str, ...] = LEVELS) -> torch.Tensor:
     """MaxpoolNMS (Cai et al., CVPR 2019, arXiv:1904.12221), the base method of PSRR-MaxpoolNMS
     (arXiv:2105.12990): each box is placed at its source anchor's cell and channel (``anchors`` (N, 4)
     xyxy, one per box), then the same per-channel + cross-channel pools as PSRR, without shift.
     Equals ``psrr_maxpool_nms(relationship_recovery=False, shift=False)``."""
     return psrr_maxpool_nms(boxes, scores, iou_threshold, classes=classes, anchors=anchors, anchor_set=anchor_set,
-                            image_size=image_size, relationship_recovery=False, shift=False, levels=levels)
+                            image_size=image_size, normalized=normalized, relationship_recovery=False, shift=False,
+                            levels=levels)
 
 
-def psrr_maxpool_nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, *,
+def psrr_maxpool_nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: None = None, *,
                           classes: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                          anchor_set: AnchorSet = AnchorSet(), image_size: tuple[int, int] | None = None,
-                          relationship_recovery: bool = True, shift: bool = True,
+                          anchor_set: AnchorSet = AnchorSet(), image_size: tuple[float, float] | None = None,
+                          normalized: bool = False, relationship_recovery: bool = True, shift: bool = True,
                           levels: tuple[str, ...] = LEVELS, channel_distance: str = "log") -> torch.Tensor:
     """PSRR-MaxpoolNMS (arXiv:2105.12990) written as plain Python loops over box pairs, O(N^2): the
     test oracle of :func:`psrr_maxpool_nms` (same arguments, same result). A box dies when another box
     of its class shares its cell and channel, or shares a window of a group containing both channels,
     with a higher rank key."""
-    check_inputs(boxes, scores, iou_threshold, classes, anchors)
-    if not relationship_recovery and anchors is None:
-        raise InputError("relationship_recovery=False maps boxes by their source anchors: pass anchors (N, 4)")
+    boxes, anchors = checked_pool_inputs(boxes, scores, iou_threshold, classes, anchors, anchor_set, image_size,
+                                         normalized, relationship_recovery)
     cells = map_to_cells(boxes if relationship_recovery else anchors, scores, classes, anchor_set, image_size,
                          channel_distance)
     cls, ch, row, col, key = (t.tolist() for t in (cells.cls, cells.channel, cells.row, cells.col, cells.key))
