@@ -133,3 +133,34 @@ def test_state_selects_full_precision_tensors_and_rejects_bad_options():
     for bad in ({"clip_factor": -1.0}, {"clip_factor": float("nan")}, {"min_numel": -2}):
         with pytest.raises(InputError):
             TernGradState(**bad)
+
+
+def nan_on_rank_one_worker(rank: int, world: int, min_numel: int) -> str:
+    """One backward where only rank 1's loss is NaN; returns the error this rank raised."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from honed.core.errors import InputError
+    from honed.distributed.terngrad_hook import TernGradState, terngrad_hook
+
+    ddp = DDP(_tiny_model())
+    ddp.register_comm_hook(TernGradState(min_numel=min_numel), terngrad_hook)
+    x, y = torch.randn(8, 10), torch.randint(0, 3, (8,))
+    loss = torch.nn.functional.cross_entropy(ddp(x), y) * (float("nan") if rank == 1 else 1.0)
+    try:
+        loss.backward()
+    except InputError as err:
+        return f"InputError: {err}"
+    except Exception as err:  # anything else (e.g. a gloo connection error) fails the test below
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("min_numel", [1, 10 ** 6])  # every tensor ternarised / every tensor kept fp32
+def test_nan_on_one_rank_makes_every_rank_raise_the_same_clear_error(min_numel):
+    import torch._dynamo  # noqa: F401  (DDP imports it lazily: load once so forked workers share it)
+
+    errors = run_workers(nan_on_rank_one_worker, 2, (min_numel,), start_method="fork", timeout_s=60)
+    for rank, error in enumerate(errors):
+        assert error.startswith("InputError: terngrad_hook: a gradient in this bucket is NaN or inf"), (rank, error)
+    assert "another rank's" in errors[0] and "this rank's are" not in errors[1]

@@ -14,6 +14,11 @@ Per bucket, on every worker:
 5. decode every worker's codes, average, write into the bucket. Tensors kept in full precision
    (fewer than ``min_numel`` elements, or listed in ``float_parameters``) are all-reduced in fp32.
 
+A NaN or inf gradient on any rank makes every rank raise the same :class:`InputError` at the same
+bucket (a non-finite scaler is sent as +inf, so the MAX all-reduce of step 2 tells every rank; the
+fp32 all-reduce's sum is non-finite on every rank alike), instead of one rank raising while its peers
+wait in a collective and die with an unrelated gloo error.
+
 The hook runs its collectives synchronously and returns an already-completed Future holding the
 bucket's flat gradient: simple and reliable with gloo on CPU (no overlap of the exchange with the
 rest of backward). Bytes are counted per worker per step in the state: the message this worker
@@ -101,10 +106,13 @@ def _exchange_ternary(state: TernGradState, grads: list[torch.Tensor], group: An
     """Steps 1-5 for the ternarised tensors of one bucket; returns their averages and bytes sent."""
     flats = [g.reshape(-1) for g in grads]
     local = torch.stack([_scaler_of(g, state.clip_factor) for g in flats]).to(torch.float32)
-    if not bool(torch.isfinite(local).all()):
-        raise InputError("terngrad_hook: a gradient contains NaN or inf")
-    shared = local.clone()
+    finite_here = bool(torch.isfinite(local).all())
+    # a non-finite scaler travels as +inf: the MAX all-reduce hands it to every rank, so all of them
+    # refuse this bucket together (no extra message; NaN would not survive a MAX reliably)
+    shared = torch.where(torch.isfinite(local), local, torch.full_like(local, math.inf))
     dist.all_reduce(shared, op=dist.ReduceOp.MAX, group=group)
+    if not bool(torch.isfinite(shared).all()):
+        raise_non_finite(finite_here)
     state.last_local_scalers, state.last_shared_scalers = local, shared.clone()
     generator = state.worker_generator(flats[0].device)
     safe = torch.where(shared > 0, shared, torch.ones_like(shared))  # 0 only if g == 0 everywhere
@@ -143,7 +151,10 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
     floats = [g for g, k in zip(grads, keep) if not k]
     if floats:
         flat = torch.cat([g.reshape(-1) for g in floats])
+        finite_here = bool(torch.isfinite(flat).all())
         dist.all_reduce(flat, group=group)
+        if not bool(torch.isfinite(flat).all()):  # the sum is the same on every rank: all refuse alike
+            raise_non_finite(finite_here)
         flat.div_(world)
         start = 0
         for g in floats:
@@ -155,6 +166,13 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     future.set_result(buffer)
     return future
+
+
+def raise_non_finite(finite_here: bool) -> None:
+    """The one error every rank raises when any rank's gradient in the bucket is NaN or inf."""
+    where = "another rank's (this rank's are finite)" if finite_here else "this rank's"
+    raise InputError(f"terngrad_hook: a gradient in this bucket is NaN or inf on at least one rank ({where}); "
+                     "every rank refuses the step here instead of averaging it")
 
 
 def _write_back(buffer: torch.Tensor, grads: list[torch.Tensor]) -> None:
