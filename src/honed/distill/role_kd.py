@@ -33,8 +33,8 @@ def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.dim() != 2 or student.shape != teacher.shape:
         raise InputError(f"logits must both be (N, C) with equal shapes, got {tuple(student.shape)} "
                          f"and {tuple(teacher.shape)}")
-    if torch.isnan(student).any() or torch.isnan(teacher).any():
-        raise InputError("logits contain NaN")
+    if not (torch.isfinite(student).all() and torch.isfinite(teacher).all()):
+        raise InputError("logits contain NaN or inf")
 
 
 def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -101,7 +101,7 @@ class LossChangeRatioScheduler(FixedUpdateSchedule):
     needs_both_losses = True
 
     def __init__(self, lam: float = 1.0, n_critic: int = 5, warmup_cycles: int = 3, eps: float = 1e-8) -> None:
-        super().__init__(n_critic, 1)
+        super().__init__(check_count(n_critic, "n_critic"), 1)
         self.lam = check_number(lam, "lam", strict=True)
         self.eps = check_number(eps, "eps", strict=True)
         self.warmup_updates = check_count(warmup_cycles, "warmup_cycles", minimum=0) * (n_critic + 1)

@@ -101,24 +101,41 @@ def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
     return spatial.to(weight.dtype), pointwise.to(weight.dtype)
 
 
-def convert_to_ffconv(model: nn.Module, rank: Callable[[str, nn.Conv2d], int | None] | dict[str, int]) -> nn.Module:
-    """FFConv (arXiv:2102.03494): a deep copy of ``model`` whose ``nn.Conv2d`` layers named in ``rank``
-    (a dict name -> r, or a function (name, conv) -> r or None to keep the conv) are replaced by
-    :meth:`FFConv.from_conv` layers. The model's own forward is untouched; fine-tune afterwards."""
-    new = copy.deepcopy(model)
-    convs = [(n, m) for n, m in new.named_modules() if isinstance(m, nn.Conv2d)]
+def convert_to_ffconv(model: nn.Module,
+                      rank: int | dict[str, int] | Callable[[str, nn.Conv2d], int | None]) -> nn.Module:
+    """FFConv (arXiv:2102.03494): a deep copy of ``model`` whose ``nn.Conv2d`` layers are replaced by
+    :meth:`FFConv.from_conv` layers. ``rank``: an int r for every Conv2d, a dict name -> r for the
+    named ones, or a function (name, conv) -> r or None (keep the conv). Every rank is checked before
+    anything is built (InputError naming the layer). The model's own forward is untouched; fine-tune
+    afterwards."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise InputError(f"{type(model).__name__} has no nn.Conv2d layer to factorise")
     if isinstance(rank, dict):
         unknown = set(rank) - {n for n, _ in convs}
         if unknown:
             raise InputError(f"convert_to_ffconv: no Conv2d named {sorted(unknown)}")
         choose = lambda name, conv: rank.get(name)  # noqa: E731
-    else:
+    elif isinstance(rank, int) and not isinstance(rank, bool):
+        choose = lambda name, conv: rank  # noqa: E731
+    elif callable(rank):
         choose = rank
-    for name, conv in convs:
-        r = choose(name, conv)
-        if r is None:
-            continue
+    else:
+        raise InputError(f"rank must be an int, a dict name -> int or a function (name, conv) -> int | None, "
+                         f"got {type(rank).__name__}")
+    plan = [(name, r) for name, conv in convs if (r := choose(name, conv)) is not None]
+    for name, r in plan:
+        conv = model.get_submodule(name)
+        try:
+            check_rank(r, conv.in_channels, conv.out_channels, conv.kernel_size[0])
+        except InputError as err:
+            raise InputError(f"layer '{name}' ({conv.in_channels}->{conv.out_channels}, "
+                             f"k={conv.kernel_size[0]}): {err}") from None
+    new = copy.deepcopy(model)
+    for name, r in plan:
         parent_name, _, child = name.rpartition(".")
         parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, FFConv.from_conv(conv, r))
+        setattr(parent, child, FFConv.from_conv(new.get_submodule(name), r))
     return new

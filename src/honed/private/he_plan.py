@@ -129,8 +129,12 @@ def encrypted_forward(model: nn.Sequential, x: torch.Tensor, plan: Plan,
     max_ciphertexts, depth}). Counts are per image (the batch runs in lockstep)."""
     if plan not in PLANS:
         raise InputError(f"plan must be one of {PLANS}, got {plan!r}")
-    if x.dim() != 4 or not torch.isfinite(x).all():
-        raise InputError(f"encrypted_forward needs finite images (B, C, H, W), got {tuple(x.shape)}")
+    if not isinstance(model, nn.Sequential):
+        raise InputError(f"encrypted_forward evaluates an nn.Sequential of its supported layers (Conv2d, FFConv, "
+                         f"Square, AvgPool2d(2), Flatten, Linear), got {type(model).__name__}; wrap the layers "
+                         "in nn.Sequential")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not torch.isfinite(x).all():
+        raise InputError(f"encrypted_forward needs finite images (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
     sim = hp.SlotSimulator(slots)
     state = _State(sim, x.detach().double().cpu().numpy())
     steps = linear_steps(model, plan)

@@ -210,6 +210,12 @@ class DASR:
                  box_nms_iou: float | None = None, excitation: bool = True, eps: float = 1e-9):
         if max_peaks < 1 or n_sigma <= 0 or not 0 <= percentile < 1:
             raise InputError("max_peaks >= 1, n_sigma > 0 and percentile in [0, 1) are required")
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+        for role, layer in (("response_layer", response_layer), ("descriptor_layer", descriptor_layer)):
+            if not any(layer is m for m in model.modules()):
+                raise InputError(f"{role} must be a submodule of the model (e.g. model.features[4]), got "
+                                 f"{type(layer).__name__} that the model does not contain")
         self.model, self.response_layer, self.descriptor_layer = model, response_layer, descriptor_layer
         self.percentile, self.n_sigma, self.max_peaks = percentile, n_sigma, max_peaks
         self.box_nms_iou, self.excitation, self.eps = box_nms_iou, excitation, eps
@@ -229,6 +235,12 @@ class DASR:
             self.model(x)
         finally:
             tap.remove()
+        for name in names:
+            out = tap.outputs.get(name)
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                got = "never ran in the model's forward" if out is None else \
+                    f"returned {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+                raise InputError(f"the {name} layer must output a (B, C, h, w) feature map, but it {got}")
         return x, tap.outputs
 
     def peaks(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

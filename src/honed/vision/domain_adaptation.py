@@ -142,6 +142,24 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1).mean()
 
 
+def _check_batch(source_features: torch.Tensor, target_features: torch.Tensor, source_logits: torch.Tensor,
+                 target_logits: torch.Tensor, source_labels: torch.Tensor) -> None:
+    """InputError unless features and logits are finite (N, D) / (N, C) tensors with matching N and C
+    and the labels (N_s,) ints in [0, C)."""
+    for name, value in (("source features", source_features), ("target features", target_features),
+                        ("source logits", source_logits), ("target logits", target_logits)):
+        check_features(value, name)
+    if len(source_logits) != len(source_features) or len(target_logits) != len(target_features) \
+            or source_logits.shape[1] != target_logits.shape[1]:
+        raise InputError(f"logits must match their features in rows and each other in classes, got source "
+                         f"{tuple(source_logits.shape)} for {len(source_features)} rows, target "
+                         f"{tuple(target_logits.shape)} for {len(target_features)} rows")
+    classes = source_logits.shape[1]
+    if not isinstance(source_labels, torch.Tensor) or source_labels.shape != (len(source_logits),) or \
+            torch.is_floating_point(source_labels) or ((source_labels < 0) | (source_labels >= classes)).any():
+        raise InputError(f"source_labels must be {len(source_logits)} integer labels in [0, {classes})")
+
+
 class UnifiedDALoss(nn.Module):
     """Unified DA objective of Compact DNN (arXiv:1703.04071), card step 5 (instantiation R):
     ``CE + lambda_d L_adv + lambda_m MK-MMD^2 + lambda_e H_target`` on a half-source, half-target batch.
@@ -168,6 +186,7 @@ class UnifiedDALoss(nn.Module):
                 source_logits: torch.Tensor, target_logits: torch.Tensor, source_labels: torch.Tensor,
                 progress: float) -> dict[str, torch.Tensor]:
         p = check_progress(progress)
+        _check_batch(source_features, target_features, source_logits, target_logits, source_labels)
         zero = source_logits.new_zeros(())
         terms = {"cls": F.cross_entropy(source_logits, source_labels), "adv": zero, "mmd": zero, "ent": zero}
         if self.discriminator is not None:
