@@ -228,6 +228,8 @@ def prune_by_score(scores: dict[str, torch.Tensor], target_sparsity: float, scop
     is already sparser than the target (a mask can only shrink).
     """
     s = check_sparsity(target_sparsity)
+    if not scores:
+        raise InputError("nothing to prune: the model has no Linear/Conv weight outside ignore")
     if scope not in SCOPES:
         raise InputError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     current = current or {k: torch.ones_like(v, dtype=torch.bool) for k, v in scores.items()}

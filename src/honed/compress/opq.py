@@ -350,6 +350,8 @@ def attach_quantizers(model: nn.Module, plans: dict[str, LayerPlan]) -> nn.Modul
         if name in attached:
             raise InputError(f"'{name}' already carries an OPQ quantiser: attach_quantizers was called twice; "
                              "call bake(model) first to quantise the compressed weights again")
+        if isinstance(plan, LayerPlan) and (not torch.is_tensor(plan.mask) or plan.mask.dtype != torch.bool):
+            raise InputError(f"plan of '{name}' needs a bool mask, got {getattr(plan.mask, 'dtype', type(plan.mask))}")
         if not isinstance(plan, LayerPlan) or tuple(plan.mask.shape) != tuple(module.weight.shape):
             shape = tuple(plan.mask.shape) if isinstance(plan, LayerPlan) else type(plan).__name__
             raise InputError(f"plan of '{name}' has shape {shape}, the weight {tuple(module.weight.shape)}")

@@ -3,7 +3,8 @@ ICCV 2017, arXiv:1708.06519): an L1 penalty on the BatchNorm scales gamma during
 channels with the smallest |gamma| are removed under one global threshold.
 
 * :class:`BNScaleL1` - training callback adding the L1 subgradient ``lam * sign(gamma)`` to the grad
-  of every BatchNorm2d weight after each backward (the reference's way of applying the penalty).
+  of every BatchNorm2d weight after each backward (the reference's way of applying the penalty); in
+  your own loop call :func:`add_bn_l1_subgradient` between ``backward()`` and ``optimizer.step()``.
 * :func:`bn_importance` - per channel of a :class:`~honed.compress.channel_surgery.ChannelGroup`,
   |gamma| of its producers' BatchNorms (mean over producers: residual streams are written by several
   BNs, and the mean keeps their scores on the scale of single-BN groups for the global threshold).
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from honed.compress.channel_surgery import ChannelGroup, LayerCost, macs_from_counts, positions_of
-from honed.core.errors import InputError
+from honed.core.errors import InputError, check_number
 from honed.core.loop import Callback, TrainState
 
 
@@ -26,9 +27,7 @@ class BNScaleL1(Callback):
     ``lam * sign(gamma)`` for every ``nn.BatchNorm2d`` weight of the model (paper: lam = 1e-4)."""
 
     def __init__(self, lam: float = 1e-4) -> None:
-        if not lam >= 0:
-            raise InputError(f"lam must be >= 0, got {lam}")
-        self.lam = lam
+        self.lam = check_number(lam, "lam")
 
     def after_backward(self, state: TrainState) -> None:
         add_bn_l1_subgradient(state.model, self.lam)
@@ -36,7 +35,9 @@ class BNScaleL1(Callback):
 
 @torch.no_grad()
 def add_bn_l1_subgradient(model: nn.Module, lam: float) -> None:
-    """grad(gamma) += lam * sign(gamma) for every BatchNorm2d weight (creating the grad if absent)."""
+    """grad(gamma) += lam * sign(gamma) for every BatchNorm2d weight (creating the grad if absent).
+    Call it after ``loss.backward()`` in your own loop; ``lam`` a finite number >= 0."""
+    check_number(lam, "lam")
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.weight.requires_grad:
             if module.weight.grad is None:

@@ -142,7 +142,8 @@ class SuperTickets(Callback):
         self.model, self.schedule, self.steps_per_epoch = model, schedule, steps_per_epoch
         self.example = example[:1]
         self.weights = penalty_weights(model)
-        self.current_rho = 0.0
+        self.current_rho = schedule.rho_at(0.0)
+        self.plain_steps = 0  # optimizer steps seen by before_step() in a plain loop (no TrainState)
         self.ticket_mask: Mask | None = None
         self.trace = Trace()
         self.history: dict[str, list[float]] = {}
@@ -163,7 +164,11 @@ class SuperTickets(Callback):
 
     @torch.no_grad()
     def before_step(self, state: TrainState | None = None) -> None:
-        """Manual L2 on conv/linear weights, gated by the mask (pruned weights stay frozen)."""
+        """Manual L2 on conv/linear weights, gated by the mask (pruned weights stay frozen). Called
+        without a state (a plain loop), it also sets rho(t) for the next step."""
+        if state is None:
+            self.plain_steps += 1
+            self.current_rho = self.schedule.rho_at(self.plain_steps / self.steps_per_epoch)
         wd = self.schedule.weight_decay
         for layer in masked_layers(self.model).values():
             if layer.weight.grad is not None:
