@@ -171,3 +171,39 @@ def test_verification_can_be_skipped():
     attack(x, y)
     assert attack.last_stats.success is None and attack.last_stats.forwards == 2
     assert "verify" not in repr(attack) and "eps=0.1" in repr(attack)
+
+
+def test_torchattacks_positional_call_shape_is_accepted():
+    model = tiny_cnn()
+    pgd = PGD(model, 0.1, 0.01, 5, False)
+    assert (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start) == (0.1, 0.01, 5, False)
+    assert PGD(model, 0.1).eps == 0.1 and FGSM(model, 0.2).eps == 0.2 and PGDL2(model, 0.5, 0.1).alpha == 0.1
+    assert (IFGSM(model, 0.1, 0.02, 4).alpha, MIFGSM(model, 0.1, 0.02, 4, 0.5).decay) == (0.02, 0.5)
+    di = DIFGSM(model, 0.1, 0.02, 4, 0.0, 0.8, 0.3)
+    assert (di.resize_rate, di.diversity_prob) == (0.8, 0.3)
+    cw = CW(model, 2.0, 0.5, 10, 0.02)
+    assert (cw.c, cw.kappa, cw.steps, cw.lr) == (2.0, 0.5, 10, 0.02)
+    with pytest.raises(InputError, match="eps"):
+        PGD(model, "big")
+
+
+def test_positional_parameters_have_torchattacks_names_in_its_order():
+    import inspect
+
+    ta = pytest.importorskip("torchattacks")
+    pairs = {"PGD": PGD, "FGSM": FGSM, "BIM": IFGSM, "MIFGSM": MIFGSM, "DIFGSM": DIFGSM, "PGDL2": PGDL2, "CW": CW}
+    for name, ours in pairs.items():
+        theirs = list(inspect.signature(getattr(ta, name).__init__).parameters)[2:]  # after self, model
+        positional = [p.name for p in inspect.signature(ours.__init__).parameters.values()
+                      if p.kind is p.POSITIONAL_OR_KEYWORD][2:]
+        assert positional == theirs[:len(positional)] and len(positional) >= min(len(theirs), 3), name
+
+
+def test_cw_defaults_are_cheap_and_the_reference_search_is_a_named_option():
+    model = tiny_cnn()
+    cw = CW(model)
+    assert (cw.c, cw.steps, cw.binary_search_steps) == (1.0, 50, 1)  # torchattacks' CW() cost
+    ref = CW.thorough(model)
+    assert (ref.c, ref.steps, ref.binary_search_steps) == (1e-3, 1000, 9)
+    assert CW.thorough(model, steps=20, kappa=1.0).steps == 20
+    assert isinstance(GuidedCW.thorough(model, variant="B"), GuidedCW)

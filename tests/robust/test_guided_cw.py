@@ -136,3 +136,12 @@ def test_variant_b_spends_one_extra_pass_per_iteration():
     attack = GuidedCW(linear(), variant="B", c=1e-3, steps=10, binary_search_steps=1, abort_early=False)
     attack(x, y)
     assert attack.last_stats.forwards == 2 * 10 and attack.last_stats.backwards == 2 * 10
+
+
+def test_variant_a_changes_images_at_its_defaults_where_a_tiny_start_cannot():
+    x, y = toy_inputs()
+    attack = GuidedCW(linear())  # variant A, c = 1, 50 steps, one search step
+    x_adv = attack(x, y)
+    assert attack.last_stats.success.all() and ((x_adv - x).flatten(1).abs().amax(1) > 0).all()
+    tiny = GuidedCW(linear(), init_magnitude=1e-3)  # softplus(v) grows by <= exp(lr) per step
+    assert not tiny(x, y).ne(x).any() and not tiny.last_stats.success.any()

@@ -125,18 +125,26 @@ class TanhIterate:
         return from_tanh_space(self.w)
 
 
+THOROUGH = dict(c=1e-3, steps=1000, binary_search_steps=9)  # Carlini & Wagner's reference search
+
+
 class CW(Attack):
     """Carlini-Wagner L2 with binary search over c (arXiv:1608.04644).
 
-    x float (N, ...) in [0, 1]; y int64 (N,) (targets when ``targeted``). Hyper-parameters: initial
-    ``c`` (1e-3), ``kappa`` (0), Adam ``lr`` (0.01), ``steps`` per c (1000), ``binary_search_steps``
-    (9), ``abort_early`` (True), ``tanh_scale`` (1 - 1e-6; 1.0 reproduces the frozen-pixel mapping
-    of torchattacks). ``last_stats`` records iterations/queries to first success per example and the
-    objective at each early-abort check; success is re-checked on the returned images.
+    x float (N, ...) in [0, 1]; y int64 (N,) (targets when ``targeted``). Positional order as
+    torchattacks' ``CW(model, c, kappa, steps, lr)``. The defaults are torchattacks' cheap ones: one
+    fixed ``c`` = 1, ``kappa`` 0, ``steps`` 50, Adam ``lr`` 0.01, ``binary_search_steps`` 1 (no search).
+    :meth:`thorough` is the reference's search - c from 1e-3, 9 binary-search steps of up to 1000
+    iterations - which finds smaller perturbations at up to 180 times the cost. Keyword-only:
+    ``binary_search_steps``, ``abort_early`` (True: stop a search step when the objective has not
+    improved by 0.01% over the last 10% of its iterations), ``tanh_scale`` (1 - 1e-6; 1.0 reproduces
+    the frozen-pixel mapping of torchattacks). ``last_stats`` records iterations/queries to first
+    success per example and the objective at each early-abort check; success is re-checked on the
+    returned images.
     """
 
-    def __init__(self, model, *, c: float = 1e-3, kappa: float = 0.0, steps: int = 1000, lr: float = 0.01,
-                 binary_search_steps: int = 9, abort_early: bool = True, tanh_scale: float = TANH_SCALE,
+    def __init__(self, model, c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01, *,
+                 binary_search_steps: int = 1, abort_early: bool = True, tanh_scale: float = TANH_SCALE,
                  targeted: bool = False) -> None:
         super().__init__(model, targeted=targeted)
         self.c = check_number(c, "c", strict=True)
@@ -148,6 +156,13 @@ class CW(Attack):
         self.tanh_scale = check_number(tanh_scale, "tanh_scale", strict=True)
         if self.tanh_scale > 1:
             raise InputError(f"tanh_scale must lie in (0, 1], got {tanh_scale!r}")
+
+    @classmethod
+    def thorough(cls, model, **overrides):
+        """The reference code's search (arXiv:1608.04644): c from 1e-3, bisected (x10 until a first
+        success) over 9 search steps of up to 1000 Adam iterations each; ``overrides`` replace any
+        hyper-parameter (``thorough(model, steps=100)``)."""
+        return cls(model, **{**THOROUGH, **overrides})
 
     def perturb(self, x, y):
         c = torch.full((len(x),), self.c, dtype=x.dtype, device=x.device)
@@ -202,5 +217,5 @@ class CW(Attack):
         return succeeded
 
 
-__all__ = ["CW", "Adam", "BestAdversary", "TanhIterate", "margin_loss", "reaches_margin", "update_search_bounds",
+__all__ = ["CW", "THOROUGH", "Adam", "BestAdversary", "TanhIterate", "margin_loss", "reaches_margin", "update_search_bounds",
            "to_tanh_space", "from_tanh_space", "TANH_SCALE"]

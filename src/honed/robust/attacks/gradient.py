@@ -1,6 +1,11 @@
 """Gradient-sign and projected-gradient attacks on cross-entropy: FGSM, I-FGSM, MI-FGSM, DI-FGSM and
 PGD (L-inf and L2).
 
+Positional hyper-parameters follow torchattacks' order, so ``PGD(model, 0.1)`` means eps = 0.1:
+FGSM(model, eps); IFGSM(model, eps, alpha, steps); MIFGSM(model, eps, alpha, steps, decay);
+DIFGSM(model, eps, alpha, steps, decay, resize_rate, diversity_prob); PGD / PGDL2(model, eps, alpha,
+steps, random_start). The rest (``generator``, ``targeted``, ...) are keyword-only.
+
 All take x float (N, ...) in [0, 1] and y int64 (N,) (targets when ``targeted``) and return x_adv in
 [0, 1] inside the eps-ball around x. The loss is the per-example cross-entropy, summed over the batch
 (so each example's gradient does not depend on the batch size); targeted attacks descend the
@@ -54,7 +59,7 @@ class FGSM(_CrossEntropyAttack):
     x_adv = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1); one forward and one backward pass.
     """
 
-    def __init__(self, model, *, eps: float = 8 / 255, targeted: bool = False) -> None:
+    def __init__(self, model, eps: float = 8 / 255, *, targeted: bool = False) -> None:
         super().__init__(model, eps=eps, targeted=targeted)
 
     def perturb(self, x, y):
@@ -73,7 +78,7 @@ class IFGSM(_CrossEntropyAttack):
     x_{t+1} = clip_{x, eps}(x_t + alpha * sign(m_{t+1})). Default alpha = eps / steps.
     """
 
-    def __init__(self, model, *, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+    def __init__(self, model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10, *,
                  decay: float = 0.0, diversity_prob: float = 0.0, resize_rate: float = 0.9,
                  generator: torch.Generator | None = None, targeted: bool = False) -> None:
         super().__init__(model, eps=eps, targeted=targeted)
@@ -118,8 +123,8 @@ class MIFGSM(IFGSM):
     """Momentum I-FGSM (Boosting Adversarial Attacks with Momentum, arXiv:1710.06081): IFGSM with
     ``decay`` (mu) = 1.0 by default; see :class:`IFGSM` for the update and shapes."""
 
-    def __init__(self, model, *, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
-                 decay: float = 1.0, targeted: bool = False) -> None:
+    def __init__(self, model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+                 decay: float = 1.0, *, targeted: bool = False) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, targeted=targeted)
 
 
@@ -129,8 +134,8 @@ class DIFGSM(IFGSM):
     ``decay`` = 1.0 for M-DI2-FGSM). Images (N, C, H, W); the model must accept the padded size when
     ``resize_rate`` > 1."""
 
-    def __init__(self, model, *, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
-                 decay: float = 0.0, diversity_prob: float = 0.5, resize_rate: float = 0.9,
+    def __init__(self, model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+                 decay: float = 0.0, resize_rate: float = 0.9, diversity_prob: float = 0.5, *,
                  generator: torch.Generator | None = None, targeted: bool = False) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, decay=decay, diversity_prob=diversity_prob,
                          resize_rate=resize_rate, generator=generator, targeted=targeted)
@@ -146,8 +151,8 @@ class PGD(_CrossEntropyAttack):
 
     norm = "linf"
 
-    def __init__(self, model, *, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 random_start: bool = True, generator: torch.Generator | None = None,
+    def __init__(self, model, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 random_start: bool = True, *, generator: torch.Generator | None = None,
                  targeted: bool = False) -> None:
         super().__init__(model, eps=eps, targeted=targeted)
         self.alpha = check_number(alpha, "alpha", strict=True)
@@ -178,8 +183,8 @@ class PGDL2(PGD):
 
     norm = "l2"
 
-    def __init__(self, model, *, eps: float = 1.0, alpha: float = 0.2, steps: int = 10,
-                 random_start: bool = True, generator: torch.Generator | None = None,
+    def __init__(self, model, eps: float = 1.0, alpha: float = 0.2, steps: int = 10,
+                 random_start: bool = True, *, generator: torch.Generator | None = None,
                  targeted: bool = False) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
                          generator=generator, targeted=targeted)
