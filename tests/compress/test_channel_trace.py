@@ -74,3 +74,22 @@ def test_tracing_leaves_modes_weights_and_statistics_as_they_were():
     GDP(model, torch.rand(1, 1, 8, 8))
     assert model.training and not model.blocks[0].bn1.training and model.blocks[1].bn1.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_squeezed_pooled_maps_before_a_linear_stay_prunable():
+    class SqueezeHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 1).squeeze(-1).squeeze(-1)
+            return self.fc(h.float())
+
+    x = torch.rand(3, 1, 6, 6)
+    model = settle(SqueezeHead(), x)
+    gdp = GDP(model, x[:1])
+    assert [g.name for g in gdp.groups] == ["conv"] and gdp.frozen == {}
+    with torch.no_grad():
+        gdp.gates[0].gate.copy_(torch.tensor([1.0, 0.0, 2.0, 0.0]))
+        assert torch.allclose(gdp.export().eval()(x), model(x), atol=1e-6)

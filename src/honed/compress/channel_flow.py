@@ -25,7 +25,8 @@ ZERO_KEEPING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CEL
 ZERO_KEEPING = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
                 torch.tanh, F.hardtanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
                 F.adaptive_max_pool2d, F.interpolate, operator.neg, torch.neg,
-                "relu", "relu_", "tanh", "neg", "contiguous", "clone", "detach"}
+                "relu", "relu_", "tanh", "neg", "contiguous", "clone", "detach", "float", "to",
+                torch.squeeze, torch.unsqueeze, "squeeze", "unsqueeze"}  # (dims 0 and 1 checked to stay put)
 # channel-keeping ops that move 0 elsewhere: a removed channel is no longer 0 after them
 ZERO_MOVING_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 ZERO_MOVING = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, "sigmoid", "exp", torch.exp}
@@ -203,7 +204,8 @@ class ChannelFlow:
 
     def linear(self, node: fx.Node, name: str, linear: nn.Linear, layout: Layout | None) -> None:
         shape = _shape(node.args[0])
-        if layout is not None and (shape is None or len(shape) != 2 or len(layout.slots) * layout.features != linear.in_features):
+        flat_2d = shape is not None and len(shape) == 2
+        if layout is not None and (not flat_2d or len(layout.slots) * layout.features != linear.in_features):
             self.freeze(layout.groups(), f"'{name}' (Linear) reads it from a tensor of shape {shape}")
         else:
             self.read(name, layout, linear.in_features)

@@ -89,22 +89,26 @@ def trace_channels(model: nn.Module, example: torch.Tensor) -> ChannelTrace:
     try:
         graph_module = fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types; the user needs the first line and the fix
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"channel groups are found by tracing the model with torch.fx, which failed on "
-                         f"{type(model).__name__}: {first} (Python control flow on tensor values or shapes "
-                         "inside forward cannot be traced; move such checks out of forward)") from None
+                         f"{type(model).__name__}: {_first_line(err)} (Python control flow on tensor values or "
+                         "shapes inside forward cannot be traced; move such checks out of forward)") from None
     with eval_mode(model), torch.no_grad():
         try:
             ShapeProp(graph_module).propagate(example[:1])
         except Exception as err:
             raise InputError(f"the model does not run on example of shape {tuple(example.shape)}: "
-                             f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+                             f"{_first_line(err)}") from None
     from honed.compress.channel_flow import ChannelFlow  # it builds this module's records
 
     flow = ChannelFlow(dict(graph_module.named_modules()))
     for node in graph_module.graph.nodes:
         flow.visit(node)
     return flow.result()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def find_channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:

@@ -116,7 +116,8 @@ class GDPSchedule:
         if self.lambda_init < 0 or self.lambda_lr < 0 or not 0 <= self.threshold < 1:
             raise ConfigError("lambda_init and lambda_lr must be >= 0, threshold in [0, 1)")
         if not self.gate_lr > 0 or not 0 <= self.gate_momentum < 1:
-            raise ConfigError(f"gate_lr must be > 0 and gate_momentum in [0, 1), got {self.gate_lr}, {self.gate_momentum}")
+            raise ConfigError(f"gate_lr must be > 0 and gate_momentum in [0, 1), got {self.gate_lr}, "
+                              f"{self.gate_momentum}")
 
     def eps_at(self, step: int, total_steps: int) -> float:
         """Geometric anneal of eps: eps_start at step 0, eps_end from anneal_fraction*total on."""
@@ -352,12 +353,14 @@ class GDP:
         shapes = [tuple(g.shape) for g in self.gate_parameters()]
         if not isinstance(state, dict) or not keys <= set(state) or \
                 [tuple(torch.as_tensor(g).shape) for g in state["gates"]] != shapes:
-            raise InputError(f"GDP state must be a GDP.state_dict() with keys {sorted(keys)} and gates of shapes {shapes}")
+            raise InputError(f"GDP state must be a GDP.state_dict() with keys {sorted(keys)} and gates of "
+                             f"shapes {shapes}")
         gates = state["gates"]
         for gate, value in zip(self.gate_parameters(), gates):
             gate.copy_(torch.as_tensor(value))
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
-        self.lam, self.eps, self.step_count, self.steps = state["lam"], state["eps"], state["step_count"], state["steps"]
+        self.lam, self.eps = state["lam"], state["eps"]
+        self.step_count, self.steps = state["step_count"], state["steps"]
         self.trace = copy.deepcopy(state["trace"])
 
 
