@@ -315,3 +315,22 @@ def test_enforce_target_zeroes_the_weakest_gates_until_the_macs_fit_and_warns():
     gdp.schedule = GDPSchedule(target_macs=0.01)  # unreachable: every group keeps one channel
     with pytest.warns(UserWarning, match="zeroed 1 of 4"):
         assert gdp.enforce_target() == 1 and gdp.hard_counts() == [1]
+
+
+def test_gates_in_the_users_optimizer_are_flagged_and_an_untrained_enforce_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    x, y = torch.rand(8, 1, 5, 5), torch.randn(8, 2, 3, 3)
+    gdp = GDP(model, x[:1], GDPSchedule(target_macs=0.5), steps=3)
+    opt = torch.optim.SGD([*model.parameters(), *gdp.gate_parameters()], lr=0.1)  # the old, wrong way
+    with pytest.warns(UserWarning, match="gates changed between two gdp.step"):
+        for _ in range(2):
+            loss = F.mse_loss(model(x), y) + gdp.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            gdp.step()
+    untrained = GDP(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)),
+                    x[:1], GDPSchedule(target_macs=0.5))
+    with pytest.warns(UserWarning, match="never called"):
+        untrained.enforce_target()

@@ -162,6 +162,7 @@ class GDP:
                                               momentum=schedule.gate_momentum)
         self._attachment.attach()
         self.lam, self.eps, self.step_count = schedule.lambda_init, schedule.eps_start, 0
+        self._last: list[torch.Tensor] | None = None  # gates after the last step (to spot outside updates)
         self.trace: dict[str, list[float]] = {"lambda": [], "eps": [], "hard_macs_fraction": [],
                                               "soft_macs_fraction": []}
 
@@ -230,6 +231,9 @@ class GDP:
         if any(not bool(torch.isfinite(g).all()) for g in grads):
             raise InputError("a gate gradient is NaN or inf (the loss was not finite); gates left unchanged")
         before = [g.gate.detach().clone() for g in self.gates]
+        if self._last is not None and any(not torch.equal(a, b) for a, b in zip(before, self._last)):
+            warnings.warn("GDP's gates changed between two gdp.step() calls: if they are in your optimizer, take "
+                          "them out (GDP.step trains them with their own lr, schedule.gate_lr)", stacklevel=2)
         self.gate_optimizer.step()
         if self.schedule.zero_crossing_clamp:
             self.clamp_crossings(before, self.gate_optimizer)
@@ -238,6 +242,7 @@ class GDP:
         if self.step_count % self.schedule.lambda_every == 0:
             self.update_lambda()
         self.eps = self.schedule.eps_at(self.step_count, self.steps)
+        self._last = [g.gate.detach().clone() for g in self.gates]
 
     def update_lambda(self) -> None:
         """lambda <- max(0, lambda + lr (MACs_smooth/F* - 1)); no increase once hard MACs meet F*."""
@@ -285,10 +290,11 @@ class GDP:
                 self.gates[weakest[0]].gate[weakest[1]] = 0.0
                 zeroed += 1
         if zeroed:
+            never = " (gdp.step() was never called, so the gates were not trained)" if self.step_count == 0 else ""
             warnings.warn(f"GDP.enforce_target zeroed {zeroed} of {sum(g.channels for g in self.groups)} channel "
-                          f"gates that training had left open, to meet target_macs={self.schedule.target_macs}; "
-                          "accuracy can drop: train longer, or raise gate_lr or lambda_lr so the gates polarise",
-                          stacklevel=2)
+                          f"gates that training had left open, to meet target_macs={self.schedule.target_macs}"
+                          f"{never}; accuracy can drop: train longer, or raise gate_lr or lambda_lr so the gates "
+                          "polarise", stacklevel=2)
         return zeroed
 
     def _weakest_open_gate(self) -> tuple[int, int] | None:
@@ -331,6 +337,7 @@ class GDP:
 
     def to(self, device: str | torch.device) -> "GDP":
         """Move the gates (and their optimizer state) to ``device``, e.g. after ``model.to(device)``."""
+        self._last = None
         with torch.no_grad():
             for gate in self.gate_parameters():
                 gate.data = gate.data.to(device)
@@ -361,6 +368,7 @@ class GDP:
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.lam, self.eps = state["lam"], state["eps"]
         self.step_count, self.steps = state["step_count"], state["steps"]
+        self._last = None
         self.trace = copy.deepcopy(state["trace"])
 
 
