@@ -10,7 +10,7 @@ import torch
 
 from honed.core.config import preset
 from honed.core.experiment import load_experiments
-from honed.core.runner import run_experiment
+from honed.core.runner import result_name, run_dir, run_experiment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 REGISTRY = load_experiments()
@@ -19,9 +19,10 @@ REGISTRY = load_experiments()
 @pytest.mark.parametrize("exp_id", REGISTRY.names())
 def test_smoke_preset_runs_on_cuda(exp_id, tmp_path):
     exp = REGISTRY.get(exp_id)
-    result = run_experiment(exp(), preset(exp.Config, "smoke"), "smoke", tmp_path, "cuda", progress=False)
+    cfg = preset(exp.Config, "smoke")
+    result = run_experiment(exp(), cfg, "smoke", tmp_path, "cuda", progress=False)
     assert result.environment["device"].startswith("cuda") and result.claims
-    assert next((tmp_path / exp_id).iterdir()).name.endswith("-cuda")
+    assert (run_dir(tmp_path, exp_id, cfg, "cuda") / result_name(cfg)).exists()
 
 
 def test_userland_components_on_cuda():

@@ -5,7 +5,7 @@ import pytest
 
 from honed.core.config import preset
 from honed.core.experiment import load_experiments
-from honed.core.runner import run_experiment
+from honed.core.runner import result_name, run_dir, run_experiment
 
 REGISTRY = load_experiments()
 
@@ -21,7 +21,7 @@ def test_smoke_preset_runs_and_reports_claims(exp_id, tmp_path):
         assert claim.verdict == "inconclusive" and "plumbing" in claim.reason, f"{exp_id}: {claim}"
     for check in result.claims + result.preconditions:
         assert "unknown precondition" not in check.reason, f"{exp_id}: {check}"
-    file = next((tmp_path / exp_id).iterdir()) / "result.json"
+    file = run_dir(tmp_path, exp_id, cfg) / result_name(cfg)
     json.loads(file.read_text(), parse_constant=refuse_non_json)  # strict JSON: no NaN / Infinity tokens
 
 

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the Result as JSON on stdout")
     rep = sub.add_parser("reproduce", help="run several experiments (default: all), then write the report")
     rep.add_argument("ids", nargs="*")
+    rep.add_argument("--jobs", "-j", type=int, default=0,
+                     help="experiments run at once, each in its own process (default: the number of cores)")
     add_run_options(rep)
     sub.add_parser("report", help="rebuild runs/report.md and runs/report.html from the result files")
     return parser

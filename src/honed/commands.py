@@ -1,6 +1,8 @@
 """Implementations of the ``honed`` sub-commands (see ``honed.cli``)."""
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from honed.core.experiment import Experiment, Result, load_experiments
 from honed.core.report import (VERDICT_LABEL, find_runs, fmt, fmt_interval, interval_methods, invariants_table,
                                readable_arms_table, totals_line, write_report)
 from honed.core.runner import run_dir, run_experiment
+from honed.core.errors import InputError
 from honed.core.seed import resolve_device
 
 
@@ -133,22 +136,41 @@ def cmd_run(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    """Run several experiments (``--jobs`` at once), print each result, write the report and the totals."""
     registry = load_experiments()
     ids = [registry.get(i).id for i in args.ids] or registry.names()
     device = resolve_device(args.device)
     configs = {i: resolve_config(registry.get(i), args) for i in ids}  # every bad key refused before any run
+    if args.jobs < 0:
+        raise InputError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
     console, root, failed = Console(), out_root(args), []
-    for n, exp_id in enumerate(ids, 1):
-        exp = registry.get(exp_id)
-        console.rule(f"[{n}/{len(ids)}] {exp_id}")
-        try:
-            result = run_experiment(exp(), configs[exp_id], args.preset, root, device,
-                                    force=args.force, on_seed=lambda s: console.print(f"[dim]seed {s}[/dim]"),
-                                    log=lambda line: console.print(f"[dim]{line}[/dim]"))
-            print_result(result, console)
-        except Exception as err:  # one broken experiment must not hide the others' results
-            failed.append(exp_id)
-            console.print(f"[red]{exp_id} crashed: {err.__class__.__name__}: {err}[/red]")
+    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(ids)))
+    with reproduce_progress(console, root, ids) as tick:
+        def finished(exp_id: str, result: Result | None, error: str) -> None:
+            console.rule(f"{exp_id}")
+            if result is None:  # one broken experiment must not hide the others' results
+                failed.append(exp_id)
+                console.print(f"[red]{exp_id} crashed: {escape(error)}[/red]")
+            else:
+                print_result(result, console)
+            tick(exp_id)
+
+        if jobs > 1:
+            from honed.core.parallel import run_parallel
+
+            console.print(f"running {len(ids)} experiments, {jobs} at a time")
+            run_parallel(configs, args.preset, root, str(device), args.force, jobs,
+                         say=lambda line: console.print(f"[dim]{escape(line)}[/dim]"),
+                         done=lambda i, data, err: finished(i, Result.from_json(data) if data else None, err))
+        else:
+            for exp_id in ids:
+                try:
+                    result = run_experiment(registry.get(exp_id)(), configs[exp_id], args.preset, root, device,
+                                            force=args.force, on_seed=lambda s: console.print(f"[dim]seed {s}[/dim]"),
+                                            log=lambda line: console.print(f"[dim]{escape(line)}[/dim]"))
+                    finished(exp_id, result, "")
+                except Exception as err:
+                    finished(exp_id, None, f"{err.__class__.__name__}: {err}")
     md, page, count = write_report(root)
     console.print(f"report of {count} experiments: {md} and {page}")
     console.rule("summary")
@@ -157,6 +179,32 @@ def cmd_reproduce(args) -> int:
         sys.stderr.write(f"honed: error: {len(failed)} experiment(s) crashed: {', '.join(failed)}\n")
         return 1
     return 0
+
+
+@contextmanager
+def reproduce_progress(console: Console, root: Path, ids: list[str]):
+    """An overall bar for ``reproduce`` whose ETA weighs each experiment by its last stored runtime
+    (experiments never run count as the mean of the known ones); yields ``tick(exp_id)``."""
+    from honed.core.parallel import expected_seconds
+
+    known = {i: expected_seconds(root, i) for i in ids}
+    mean = (sum(v for v in known.values() if v) / max(1, sum(1 for v in known.values() if v))) or 60.0
+    weight = {i: known[i] or mean for i in ids}
+    if not sys.stderr.isatty():
+        yield lambda exp_id: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("reproduce"), BarColumn(), TextColumn("{task.fields[done]}/" + str(len(ids))),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("reproduce", total=sum(weight.values()), done=0)
+        count = {"n": 0}
+
+        def tick(exp_id: str) -> None:
+            count["n"] += 1
+            bar.update(task, advance=weight[exp_id], done=count["n"])
+
+        yield tick
 
 
 def cmd_report(args) -> int:

@@ -9,7 +9,7 @@ import pytest
 import honed.core.loop as loop
 from honed.core.config import override, preset
 from honed.core.experiment import load_experiments
-from honed.core.runner import run_experiment
+from honed.core.runner import run_dir, run_experiment
 
 REGISTRY = load_experiments()
 TINY = {
@@ -70,7 +70,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(exp_id, tmp_path, monkeypa
         run_experiment(exp(), cfg, "smoke", tmp_path / "killed", "cpu", progress=False)
     monkeypatch.setattr(loop, "train_step", real_step)
     resumed = run_experiment(exp(), cfg, "smoke", tmp_path / "killed", "cpu", progress=False)
-    folder = next((tmp_path / "whole" / exp_id).iterdir())
-    again = next((tmp_path / "killed" / exp_id).iterdir())
+    folder = run_dir(tmp_path / "whole", exp_id, cfg)
+    again = run_dir(tmp_path / "killed", exp_id, cfg)
     assert seed_outputs(again) == seed_outputs(folder)
     assert without_timings(resumed.arms) == without_timings(whole.arms)
