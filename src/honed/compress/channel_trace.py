@@ -26,6 +26,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from honed.core.errors import InputError
+from honed.core.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,3 @@ def find_channel_groups(model: nn.Module, example: torch.Tensor) -> list[Channel
     return trace_channels(model, example).groups
 
 
-class eval_mode:  # noqa: N801 - used as a context manager
-    """Put ``model`` in eval mode; on exit restore every submodule's own train/eval flag."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.flags = [(m, m.training) for m in model.modules()]
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc) -> bool:
-        for module, training in self.flags:
-            module.training = training
-        return False

@@ -259,7 +259,7 @@ def decomposition_cost(original: nn.Module, decomposed: nn.Module, example: torc
     model, timed in ``rounds`` interleaved rounds of ``repeats`` runs, plus ``speedup`` (median of the
     per-round latency ratios original / decomposed; < 1 means the decomposed model is slower here).
     Both models are measured in eval mode and every submodule's train/eval flag is restored."""
-    from honed.robust.attacks.base import eval_mode
+    from honed.core.modes import eval_mode
 
     if not torch.is_tensor(example) or example.dim() < 1 or len(example) == 0:
         raise InputError("example must be a non-empty input batch tensor")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from honed.core import rng_state
 from honed.core.checkpoint import load_training_checkpoint, save_checkpoint
 from honed.core.errors import CorruptFileError
+from honed.core.modes import eval_mode
 from honed.core.runtime_ledger import note_restored_seconds
 from honed.core.progress import progress_bar
 
@@ -239,18 +240,13 @@ def evaluate_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     """Accuracy and mean cross-entropy of ``model`` on (x, y), computed on the model's device (``device``
     overrides); restores every submodule's train/eval mode."""
     device = model_device(model) if device is None else torch.device(device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     correct, loss, n = 0, 0.0, len(x)
-    try:
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             logits = model(xb)
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
-    finally:
-        for module, mode in modes:
-            module.training = mode
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
 
 
@@ -261,14 +257,9 @@ def correct_per_example(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     the accuracy; return it as an arm's metric so claims on it get a paired bootstrap interval. Runs on
     the model's device (``device`` overrides); restores every submodule's train/eval mode."""
     device = model_device(model) if device is None else torch.device(device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         hits = [(model(x[i:i + batch_size].to(device)).argmax(1) == y[i:i + batch_size].to(device)).float().cpu()
                 for i in range(0, len(x), batch_size)]
-    finally:
-        for module, mode in modes:
-            module.training = mode
     return torch.cat(hits).tolist() if hits else []
 
 

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from honed.core.modes import eval_mode
+
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (trainable only if ``trainable_only``)."""
@@ -20,14 +22,8 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 @torch.no_grad()
 def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass on ``example`` (FLOPs / 2, counted by torch)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(example)
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(example)
     return counter.get_total_flops() // 2
 
 
@@ -68,10 +64,8 @@ def interleaved_latency(models: dict[str, torch.nn.Module], example: torch.Tenso
     on their mean gets a paired bootstrap interval. Every submodule's train/eval mode is restored."""
     inputs = example if isinstance(example, tuple) else (example,)
     device = _device_of(inputs)
-    modes = [(m, m.training) for model in models.values() for m in model.modules()]
-    try:
+    with eval_mode(*models.values()):
         for model in models.values():
-            model.eval()
             for _ in range(warmup):
                 model(*inputs)
         times: dict[str, list[float]] = {name: [] for name in models}
@@ -79,9 +73,6 @@ def interleaved_latency(models: dict[str, torch.nn.Module], example: torch.Tenso
         for r in range(repeats):
             for name in (names if r % 2 == 0 else names[::-1]):
                 times[name].append(timed(lambda: models[name](*inputs), device))
-    finally:
-        for module, mode in modes:
-            module.training = mode
     return times
 
 
@@ -91,11 +82,9 @@ def forward_with_hooks(model: torch.nn.Module, example: torch.Tensor, modules, h
     attached as a forward hook to each ``(name, module)`` of ``modules``; hooks are removed and the
     model's train/eval mode restored afterwards. Used to read per-layer output sizes."""
     handles = [m.register_forward_hook(lambda mod, inp, out, n=n: hook(n, mod, inp, out)) for n, m in modules]
-    was_training = model.training
-    model.eval()
     try:
-        model(example[:1])
+        with eval_mode(model):
+            model(example[:1])
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()

@@ -14,14 +14,13 @@ The base owns the boilerplate every attack needs, so each attack file holds only
 """
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number  # noqa: F401 (re-exported)
+from honed.core.modes import eval_mode  # noqa: F401 (re-exported: attacks and their users import it here)
 from honed.data.base import check_images
 
 
@@ -92,18 +91,6 @@ def check_logits(logits: torch.Tensor, y: torch.Tensor) -> None:
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= logits.shape[1]:
         raise InputError(f"labels must lie in [0, {logits.shape[1]}) for {logits.shape[1]} logits, got [{lo}, {hi}]")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode and restore every submodule's own train/eval flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def is_adversarial(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
