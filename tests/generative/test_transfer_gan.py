@@ -178,3 +178,16 @@ def test_experiment_never_trains_on_removed_images_undegraded():
         dupes = (torch.cdist(x[split.kept].flatten(1), removed) < 1e-6).any(1).sum()
         assert int(exact.sum()) <= int(dupes) if key != "lq" else int(exact.sum()) == 0
     assert torch.equal(data["lq"][0], degrade(x[split.lq], seed=101))
+
+
+def test_frechet_distance_equals_a_plain_scipy_reference():
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(150, 5)) @ rng.normal(size=(5, 5)) + 0.5
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    half = linalg.sqrtm(ca).real  # tr((Ca Cb)^(1/2)) = tr((Ca^(1/2) Cb Ca^(1/2))^(1/2)), a symmetric PSD root
+    reference = np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb) - 2 * np.trace(linalg.sqrtm(half @ cb @ half).real)
+    assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-8)

@@ -207,3 +207,12 @@ def test_wrong_shapes_are_one_input_error():
         unshaped.certify(torch.rand(63), 10, 100, 0.001)
     with pytest.raises(InputError, match=r"logits \(B, 3\)"):
         Smooth(nn.Linear(64, 10), 3, 0.25).predict(torch.rand(64), 10, 0.001)
+
+
+@pytest.mark.parametrize("k, n, alpha", [(0, 10, 0.05), (3, 10, 0.05), (10, 10, 0.05), (97, 100, 0.001),
+                                         (512, 1000, 0.01), (1, 1, 0.2)])
+def test_clopper_pearson_equals_scipys_exact_binomtest_interval(k, n, alpha):
+    # a one-sided bound at alpha is one end of the two-sided exact interval at confidence 1 - 2 alpha
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
+    assert clopper_pearson_lower(k, n, alpha) == pytest.approx(ci.low, abs=1e-12)
+    assert clopper_pearson_upper(k, n, alpha) == pytest.approx(ci.high, abs=1e-12)

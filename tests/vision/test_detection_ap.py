@@ -74,3 +74,60 @@ def test_scene_generator_is_seeded_and_in_spec():
         anchor_centre = (scene.anchors[:, :2] + scene.anchors[:, 2:]) / 2
         inside = (scene.boxes > 0).all(1) & (scene.boxes < spec.image_size).all(1)
         assert torch.allclose(centre[inside], anchor_centre[inside], atol=1e-3)
+
+
+def random_images(seed: int, n_images: int = 6, classes: int = 3) -> list[ImageDetections]:
+    gen = torch.Generator().manual_seed(seed)
+    images = []
+    for _ in range(n_images):
+        g, d = int(torch.randint(0, 6, (1,), generator=gen)), int(torch.randint(0, 25, (1,), generator=gen))
+        gt = torch.rand(g, 4, generator=gen) * 50
+        gt[:, 2:] = gt[:, :2] + 2 + torch.rand(g, 2, generator=gen) * 20
+        jitter = torch.randn(d, 4, generator=gen) * 3
+        base = gt[torch.randint(0, max(g, 1), (d,), generator=gen)] if g else torch.rand(d, 4, generator=gen) * 50
+        det = base + jitter
+        det[:, 2:] = torch.maximum(det[:, 2:], det[:, :2] + 0.5)
+        images.append(ImageDetections(det, torch.rand(d, generator=gen), torch.randint(0, classes, (d,), generator=gen),
+                                      gt, torch.randint(0, classes, (g,), generator=gen)))
+    return images
+
+
+def pycocotools_ap(images: list[ImageDetections], max_dets: int) -> dict[float, float]:
+    """AP per IoU threshold from pycocotools' COCOeval (area range 'all'), mean over classes with GT."""
+    import numpy as np
+
+    coco = pytest.importorskip("pycocotools.coco")
+    cocoeval = pytest.importorskip("pycocotools.cocoeval")
+    xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]  # noqa: E731
+    anns, dets = [], []
+    for i, im in enumerate(images):
+        for box, label in zip(im.gt_boxes, im.gt_labels):
+            w = xywh(box)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(label), "bbox": w,
+                         "area": w[2] * w[3], "iscrowd": 0})
+        for box, score, label in zip(im.boxes, im.scores, im.labels):
+            dets.append({"image_id": i, "category_id": int(label), "bbox": xywh(box), "score": float(score)})
+    gt = coco.COCO()
+    gt.dataset = {"images": [{"id": i} for i in range(len(images))], "annotations": anns,
+                  "categories": [{"id": c} for c in range(3)]}
+    gt.createIndex()
+    evaluator = cocoeval.COCOeval(gt, gt.loadRes(dets) if dets else coco.COCO(), "bbox")
+    evaluator.params.maxDets = [max_dets]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, 0]  # (T, R, K) at area 'all'
+    out = {}
+    for t_index, t in enumerate(evaluator.params.iouThrs):
+        per_class = [precision[t_index, :, k].mean() for k in range(precision.shape[2]) if precision[t_index, 0, k] > -1]
+        out[round(float(t), 2)] = float(np.mean(per_class))
+    return out
+
+
+@pytest.mark.parametrize("seed, max_dets", [(0, 100), (1, 100), (2, 5), (3, 2)])
+def test_average_precision_equals_pycocotools(seed, max_dets, capsys):
+    images = random_images(seed)
+    ours = coco_average_precision(images, max_dets=max_dets)
+    theirs = pycocotools_ap(images, max_dets)
+    capsys.readouterr()  # COCOeval prints its progress
+    for t in COCO_THRESHOLDS:
+        assert ours[t] == pytest.approx(theirs[t], abs=1e-12), (t, ours[t], theirs[t])

@@ -1,10 +1,11 @@
 """COCO-style average precision for box detections, written in plain torch/Python (no pycocotools):
 the metric of the PSRR-MaxpoolNMS reproduction (arXiv:2105.12990).
 
-Per class, detections of all images are sorted by score (at most ``max_dets`` per image, highest
-scores first), each is matched to the unmatched ground truth of its image and class with the highest
+Per class, detections of all images are sorted by score (at most ``max_dets`` per image and class,
+highest scores first, as pycocotools' COCOeval keeps them), each is matched to the unmatched ground truth of its image and class with the highest
 IoU >= t (COCO's rule), precision is made monotone from the right and sampled at the 101 recall points
 0, 0.01, ..., 1. AP is averaged over the classes that have ground truth. No crowd or area ranges.
+On the same detections it equals pycocotools' COCOeval (area range "all"), which the tests use as oracle.
 """
 from dataclasses import dataclass
 
@@ -42,8 +43,8 @@ class ImageDetections:
 def match_image(image: ImageDetections, label: int, thresholds: tuple[float, ...],
                 max_dets: int) -> tuple[list[float], list[list[bool]], int]:
     """Scores of the image's detections of ``label``, their TP flags per threshold, and its GT count."""
-    top = torch.sort(image.scores, descending=True, stable=True).indices[:max_dets]
-    det = top[image.labels[top] == label]
+    mine = torch.nonzero(image.labels == label).flatten()
+    det = mine[torch.sort(image.scores[mine], descending=True, stable=True).indices][:max_dets]
     gts = image.gt_boxes[image.gt_labels == label]
     scores = image.scores[det].tolist()
     if len(det) == 0 or len(gts) == 0:
