@@ -260,24 +260,35 @@ def test_error_in_stage2_restores_every_submodule_mode():
     assert model.training and model.lin.training and not model.bn.training
 
 
-def test_end_epoch_warns_when_the_epoch_stopped_back_propagating():
-    scale = {"value": 10.0}  # stage-0 losses ten times the later ones: tau sits above every later loss
+def constant_loss_filter(level: dict, **kw) -> StreamFilter:
+    """A filter whose every example's loss is ``level["value"]`` (with a graph to the model)."""
     model = CountingModel()
-    f = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0),
-                     lambda m, x, y: scale["value"] * ce(m, x, y), 4, 1, 1e-9, 2, threshold_window=8,
-                     max_stage=1)
-    f.step(*data(seed=0))
-    scale["value"] = 1.0
-    for s in range(1, 30):
-        f.step(*data(seed=s))
-    with pytest.warns(UserWarning, match=r"only 4 of the 120 examples of this epoch were back-propagated"):
-        f.end_epoch()
-    quiet = StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0), ce, 4, 1, 1e-9, 2, max_stage=1,
-                         min_backward_share=0.0)
-    for s in range(5):
-        quiet.step(*data(seed=s))
+    loss = lambda m, x, y: ce(m, x, y) * 0 + level["value"]  # noqa: E731
+    return StreamFilter(model, torch.optim.SGD(model.parameters(), lr=0.0), loss, 4, 1, 1e-9, 2, threshold_window=8,
+                        max_stage=1, **kw)
+
+
+@pytest.mark.parametrize("later, warns", [(0.9, True), (0.5, False)])
+def test_end_epoch_warns_when_back_propagation_stopped_with_losses_still_near_tau(later, warns):
     import warnings as w
 
+    level = {"value": 1.0}  # stage 0 fixes tau = 1; then every loss is below it: nothing is back-propagated
+    f = constant_loss_filter(level)
+    f.step(*data(seed=0))
+    level["value"] = later
+    for s in range(1, 30):
+        f.step(*data(seed=s))
+    assert f.counters()["backward_examples"] == 4
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        f.end_epoch()
+    stalled = [str(c.message) for c in caught if "back-propagated" in str(c.message)]
+    assert bool(stalled) == warns  # 0.9: stuck under tau (a tau frozen too early); 0.5: learned past it
+    if warns:
+        assert "only 4 of the 120 examples of this epoch were back-propagated" in stalled[0]
+    quiet = constant_loss_filter(level, min_backward_share=0.0)
+    for s in range(5):
+        quiet.step(*data(seed=s))
     with w.catch_warnings():
         w.simplefilter("error")
         quiet.end_epoch()

@@ -28,7 +28,7 @@ counters as they were; in stage 2 the examples before the offending one have alr
 The method is for fine-tuning a warm model: tau is frozen at the end of stage 0. Trained from scratch
 (or with too short a stage 0), tau is the loss of a barely trained model, the losses soon all fall below
 it and back-propagation stops. :meth:`end_epoch` warns when an epoch back-propagated fewer than
-``min_backward_share`` of its examples, naming tau and the epoch's losses.
+``min_backward_share`` of its examples while its losses still sit near tau, naming tau and the losses.
 """
 import math
 import warnings
@@ -72,7 +72,9 @@ class StreamFilter:
     ``max_stage=1`` gives the threshold-only baseline (stages 0-1). ``min_backward_share`` (0.05;
     0 disables): :meth:`end_epoch` warns when the epoch back-propagated a smaller share of the
     examples it saw - twenty times fewer than full training, four times beyond the paper's largest
-    reported reduction (5.3x), the signature of a tau frozen too early.
+    reported reduction (5.3x) - while the losses it forwarded still sit near tau (median >= 3/4 tau,
+    or none forwarded): the signature of a tau frozen too early. A model whose losses fell well below
+    tau has learned past it, and skipping most of its examples is the method working.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -249,22 +251,27 @@ class StreamFilter:
                 self.enter_stage2()
 
     def warn_if_stalled(self) -> None:
+        """Warn when this epoch back-propagated fewer than ``min_backward_share`` of its examples while
+        the losses the model still has sit near tau (median >= NEAR_TAU * tau) or nothing was forwarded
+        at all; a model whose losses fell well below tau has learned past it (skipping is the method)."""
         now = {"seen": self.seen, "backward_examples": self.backward_examples, "forward_skipped": self.forward_skipped}
         seen, backward, skipped = (now[k] - self.epoch_start.get(k, 0) for k in now)
         losses, self.epoch_start, self.epoch_losses = self.epoch_losses, now, []
-        if not seen or backward >= self.min_backward_share * seen:
+        median = float(np.median(losses)) if losses else math.nan
+        if not seen or backward >= self.min_backward_share * seen or median < NEAR_TAU * self.tau:
             return
-        forwarded = (f"of the {len(losses)} forwarded, median loss {float(np.median(losses)):.4g}, "
+        forwarded = (f"of the {len(losses)} forwarded, median loss {median:.4g}, "
                      f"{sum(v > self.tau for v in losses)} above tau = {self.tau:.4g}" if losses
                      else f"none forwarded; tau = {self.tau:.4g}")
         warnings.warn(
             f"stream filter: only {backward} of the {seen} examples of this epoch were back-propagated "
-            f"({skipped} skipped by the predictor without a forward; {forwarded}). tau was frozen at the end "
-            f"of stage 0 (step {self.warmup_steps}) from the losses of a model still learning, and the filter "
-            "has stopped training it: StreamFilter fine-tunes a warm model; warm-start it or lengthen stage 0 "
-            "(warmup_steps)", stacklevel=3)
+            f"({skipped} skipped by the predictor without a forward; {forwarded}). The losses have not fallen "
+            f"well below tau, which was frozen at the end of stage 0 (step {self.warmup_steps}) from a model still "
+            "learning, so the filter has stopped training it: StreamFilter fine-tunes a warm model; warm-start it "
+            "or lengthen stage 0 (warmup_steps)", stacklevel=3)
 
 
+NEAR_TAU = 0.75  # the epoch's median forwarded loss >= 3/4 tau: the model has not learned past tau
 COUNTERS = ("seen", "forward_examples", "forward_skipped", "backward_examples", "backward_skipped",
             "buffer_dropped", "steps", "stage", "tau")
 
