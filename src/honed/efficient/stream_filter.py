@@ -72,8 +72,8 @@ class StreamFilter:
     ``max_stage=1`` gives the threshold-only baseline (stages 0-1). ``min_backward_share`` (0.05;
     0 disables): :meth:`end_epoch` warns when the epoch back-propagated a smaller share of the
     examples it saw - twenty times fewer than full training, four times beyond the paper's largest
-    reported reduction (5.3x) - while the losses it forwarded still sit near tau (median >= 3/4 tau,
-    or none forwarded): the signature of a tau frozen too early. A model whose losses fell well below
+    reported reduction (5.3x) - while the latest forwarded losses still sit near tau (median >= 3/4
+    tau): the signature of a tau frozen too early. A model whose losses fell well below
     tau has learned past it, and skipping most of its examples is the method working.
     """
 
@@ -106,7 +106,7 @@ class StreamFilter:
         self.seen = self.forward_examples = self.forward_skipped = 0
         self.backward_examples = self.backward_skipped = self.buffer_dropped = 0
         self.epoch_start: dict[str, int] = {}
-        self.epoch_losses: list[float] = []
+        self.recent_losses: deque[float] = deque(maxlen=threshold_window)  # the latest forwarded losses
 
     def counters(self) -> dict[str, int | float]:
         return {"seen": self.seen, "forward_examples": self.forward_examples,
@@ -170,7 +170,7 @@ class StreamFilter:
         losses = self.backward_step(inputs, targets)
         self.seen += len(targets)
         self.loss_history.extend(losses.tolist())
-        self.epoch_losses.extend(losses.tolist())
+        self.recent_losses.extend(losses.tolist())
         self.tau = float(np.mean(self.loss_history))
         if self.steps + 1 >= self.warmup_steps:
             self.stage = 1  # tau frozen from here on
@@ -180,7 +180,7 @@ class StreamFilter:
             losses = self.losses_of(inputs, targets)
         self.seen += len(targets)
         self.forward_examples += len(targets)
-        self.epoch_losses.extend(losses.tolist())
+        self.recent_losses.extend(losses.tolist())
         labels = (losses > self.tau).long().numpy(force=True)
         self.predictor_losses.append(self.fit_predictor(phi, labels))
         keep = torch.nonzero(losses >= self.tau).flatten().cpu()
@@ -224,7 +224,7 @@ class StreamFilter:
             loss = self.losses_of(inputs, target)
             self.seen += 1
             self.forward_examples += 1
-            self.epoch_losses.append(float(loss.detach()))
+            self.recent_losses.append(float(loss.detach()))
             label = int(loss.item() > self.tau)
             if self.stage2_update_predictor:
                 self.fit_predictor(phi, np.array([label]))
@@ -252,26 +252,25 @@ class StreamFilter:
 
     def warn_if_stalled(self) -> None:
         """Warn when this epoch back-propagated fewer than ``min_backward_share`` of its examples while
-        the losses the model still has sit near tau (median >= NEAR_TAU * tau) or nothing was forwarded
-        at all; a model whose losses fell well below tau has learned past it (skipping is the method)."""
+        the latest forwarded losses (up to ``threshold_window``, from earlier epochs if this one forwarded
+        none) sit near tau (median >= NEAR_TAU * tau); losses well below tau mean the model has learned
+        past it, and skipping is then the method working."""
         now = {"seen": self.seen, "backward_examples": self.backward_examples, "forward_skipped": self.forward_skipped}
         seen, backward, skipped = (now[k] - self.epoch_start.get(k, 0) for k in now)
-        losses, self.epoch_start, self.epoch_losses = self.epoch_losses, now, []
-        median = float(np.median(losses)) if losses else math.nan
-        if not seen or backward >= self.min_backward_share * seen or median < NEAR_TAU * self.tau:
+        self.epoch_start = now
+        median = float(np.median(self.recent_losses)) if self.recent_losses else math.nan
+        if not seen or backward >= self.min_backward_share * seen or not median >= NEAR_TAU * self.tau:
             return
-        forwarded = (f"of the {len(losses)} forwarded, median loss {median:.4g}, "
-                     f"{sum(v > self.tau for v in losses)} above tau = {self.tau:.4g}" if losses
-                     else f"none forwarded; tau = {self.tau:.4g}")
         warnings.warn(
-            f"stream filter: only {backward} of the {seen} examples of this epoch were back-propagated "
-            f"({skipped} skipped by the predictor without a forward; {forwarded}). The losses have not fallen "
-            f"well below tau, which was frozen at the end of stage 0 (step {self.warmup_steps}) from a model still "
-            "learning, so the filter has stopped training it: StreamFilter fine-tunes a warm model; warm-start it "
-            "or lengthen stage 0 (warmup_steps)", stacklevel=3)
+            f"stream filter: only {backward} of the {seen} examples of this epoch were back-propagated ({skipped} "
+            f"skipped by the predictor without a forward); the last {len(self.recent_losses)} forwarded losses have "
+            f"median {median:.4g}, {sum(v > self.tau for v in self.recent_losses)} above tau = {self.tau:.4g}. The "
+            f"losses have not fallen well below tau, which was frozen at the end of stage 0 (step {self.warmup_steps}) "
+            "from a model still learning, so the filter has stopped training it: StreamFilter fine-tunes a warm "
+            "model; warm-start it or lengthen stage 0 (warmup_steps)", stacklevel=3)
 
 
-NEAR_TAU = 0.75  # the epoch's median forwarded loss >= 3/4 tau: the model has not learned past tau
+NEAR_TAU = 0.75  # latest forwarded losses' median >= 3/4 tau: the model has not learned past tau
 COUNTERS = ("seen", "forward_examples", "forward_skipped", "backward_examples", "backward_skipped",
             "buffer_dropped", "steps", "stage", "tau")
 
