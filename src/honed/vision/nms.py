@@ -187,7 +187,8 @@ def map_to_cells(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tenso
         top = boxes.double().amax(0)[2:]
     else:
         height, width = image_size or (1.0, 1.0)
-        low, top = torch.zeros(2, dtype=torch.float64), torch.tensor([width, height], dtype=torch.float64)
+        low = torch.zeros(2, dtype=torch.float64, device=boxes.device)
+        top = torch.tensor([width, height], dtype=torch.float64, device=boxes.device)
     grid_w, grid_h = (max(1, math.ceil(float(v) / stride)) for v in (top - low))
     cls = torch.zeros(n, dtype=torch.long) if classes is None else torch.unique(classes, return_inverse=True)[1]
     n_cls = int(cls.max()) + 1 if n else 1
@@ -222,7 +223,7 @@ def to_pixels(boxes: torch.Tensor, anchors: torch.Tensor | None, anchor_set: Anc
     if normalized:
         if image_size is None:
             raise InputError("normalized=True needs image_size=(H, W) to turn [0, 1] coordinates into pixels")
-        scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=boxes.dtype)
+        scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=boxes.dtype, device=boxes.device)
         return boxes * scale, None if anchors is None else anchors * scale
     span = float(boxes.max() - boxes.min()) if len(boxes) else 0.0
     if len(boxes) >= 2 and span < anchor_set.stride:
