@@ -164,3 +164,21 @@ def test_nan_on_one_rank_makes_every_rank_raise_the_same_clear_error(min_numel):
     for rank, error in enumerate(errors):
         assert error.startswith("InputError: terngrad_hook: a gradient in this bucket is NaN or inf"), (rank, error)
     assert "another rank's" in errors[0] and "this rank's are" not in errors[1]
+
+
+def test_a_failed_rendezvous_is_retried_on_a_new_port(monkeypatch):
+    import honed.distributed.launch as launch
+
+    calls = []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise launch.WorkerError("worker 0 of 2 failed: RuntimeError: Gloo connectFullMesh failed ...")
+        return ["ok", "ok"]
+
+    monkeypatch.setattr(launch, "_run_once", flaky)
+    assert launch.run_workers(print, 2) == ["ok", "ok"] and len(calls) == 2
+    monkeypatch.setattr(launch, "_run_once", lambda *a: (_ for _ in ()).throw(launch.WorkerError("worker 1 failed: ValueError")))
+    with pytest.raises(launch.WorkerError, match="ValueError"):
+        launch.run_workers(print, 2)

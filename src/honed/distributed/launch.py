@@ -113,6 +113,24 @@ def run_workers(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (
         raise InputError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
     if not callable(fn):
         raise InputError(f"fn must be callable, got {type(fn).__name__}")
+    for attempt in range(RENDEZVOUS_ATTEMPTS):
+        try:
+            return _run_once(fn, world_size, args, timeout_s, threads_per_worker, start_method)
+        except WorkerError as err:  # only a failed rendezvous is retried: no user code has run yet
+            if attempt + 1 == RENDEZVOUS_ATTEMPTS or not any(m in str(err) for m in RENDEZVOUS_FAILURES):
+                raise
+    raise AssertionError("unreachable")
+
+
+# Failures of the gloo rendezvous itself (a port taken between free_port() and bind, a connection
+# from a stale group on a loaded machine): the group never formed, so a retry on a new port is safe.
+RENDEZVOUS_FAILURES = ("connectFullMesh", "Address already in use", "EADDRINUSE")
+RENDEZVOUS_ATTEMPTS = 3
+
+
+def _run_once(fn: Callable[..., Any], world_size: int, args: Sequence[Any], timeout_s: float,
+              threads_per_worker: int, start_method: str) -> list[Any]:
+    """One launch of the workers on a fresh free port (see :func:`run_workers`)."""
     with tempfile.TemporaryDirectory(prefix="honed_workers_") as tmp:
         crash = None
         try:
