@@ -5,8 +5,8 @@ Data: 16x16 images of one shape (shape, colour, size, position) with captions fr
 20% of the attribute combinations are held out, and every test caption asks for one of them. Per seed,
 the LSTM cGAN (image after every word, mask head trained by the D optimiser) and GAN-INT-CLS (noise +
 sentence vector, no LSTM, no mask) train with the same D architecture, matching-aware loss, optimiser,
-batches and 1 D : 2 G schedule. An attribute classifier trained on real training images scores the
-generated test images (mean of 4 attribute hits per image); SSIM and MSE compare each generated image
+batches and 1 D : 2 G schedule. An attribute classifier trained on a separate set of real images of every
+attribute combination (the generators never see it) scores the generated test images (mean of 4 attribute hits per image); SSIM and MSE compare each generated image
 with the real image of its caption. The LSTM cGAN's per-step images give a per-step accuracy curve and,
 per test caption, the jump of each attribute's accuracy at the step where its word appears.
 """
@@ -56,12 +56,14 @@ class LSTMCGANConfig(ExperimentConfig):
     g_steps: int = 2
     steps_per_caption: int | None = 4
     no_mask_arm: bool = False  # the card's optional ablation: LSTM cGAN with x shown to D unmasked
-    classifier_epochs: int = 8
+    judge_train: int = 3000  # real images of ALL combinations for the attribute classifier (never the generators')
+    judge_val: int = 500  # fresh real held-out-combination images: the classifier's validation accuracy
+    classifier_epochs: int = 15
 
     @classmethod
     def smoke(cls) -> "LSTMCGANConfig":
         return replace(cls(), image_size=8, g_channels=(16,), d_channels=(16,), n_train=200, n_test=60,
-                       iterations=30, classifier_epochs=1, steps_per_caption=2)
+                       iterations=30, classifier_epochs=1, steps_per_caption=2, judge_train=200, judge_val=60)
 
     @classmethod
     def full(cls) -> "LSTMCGANConfig":
@@ -69,7 +71,8 @@ class LSTMCGANConfig(ExperimentConfig):
                        iterations=3000, batch_size=64, steps_per_caption=None, no_mask_arm=True)
 
     def validate(self) -> None:
-        for name in ("n_train", "n_test", "iterations", "batch_size", "g_steps", "classifier_epochs", "hidden"):
+        for name in ("n_train", "n_test", "iterations", "batch_size", "g_steps", "classifier_epochs", "hidden",
+                     "judge_train", "judge_val"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, chans in (("g_channels", self.g_channels), ("d_channels", self.d_channels)):
@@ -81,7 +84,7 @@ class LSTMCGANConfig(ExperimentConfig):
 
 
 class AttributeClassifier(nn.Module):
-    """Evaluator: a small CNN with one head per attribute, trained on real training images only."""
+    """Evaluator: a small CNN with one head per attribute, trained on real images (the judge set)."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -121,7 +124,11 @@ def make_data(cfg: LSTMCGANConfig) -> dict[str, Any]:
     train = make_captioned_shapes(cfg.n_train, train_combos, cfg.data_seed + 1, cfg.image_size)
     test = make_captioned_shapes(cfg.n_test, test_combos, cfg.data_seed + 2, cfg.image_size)
     vectors = word_vectors(cfg.word_dim, cfg.data_seed)
-    return {"train": train, "test": test, "train_text": encode_captions(train.captions, vectors),
+    every = sorted(train_combos + test_combos)  # the judge reads every combination; the generators never see it
+    return {"train": train, "test": test, "judge": make_captioned_shapes(cfg.judge_train, every, cfg.data_seed + 3,
+                                                                         cfg.image_size),
+            "judge_val": make_captioned_shapes(cfg.judge_val, test_combos, cfg.data_seed + 4, cfg.image_size),
+            "train_text": encode_captions(train.captions, vectors),
             "test_text": encode_captions(test.captions, vectors)}
 
 
@@ -212,6 +219,8 @@ class LSTMCGANExperiment(Experiment):
                   "honed.generative.image_metrics:ssim_per_image",
                   "honed.data.shape_captions:make_captioned_shapes")
     reconstructed = (
+        "attribute classifier (the judge): trained on its own real images of every attribute combination, so "
+        "it can read held-out combinations; the generators never see those images",
         "word vectors: fixed random 32-d Gaussian per word (stand-in for 400-d word2vec); sentence vector: mean "
         "of the caption's word vectors (stand-in for skip-thought), as the card's small-scale plan says",
         "wrong image: a batch image whose attribute combination differs from the caption's (the reference "
@@ -222,7 +231,8 @@ class LSTMCGANExperiment(Experiment):
 
     def run_seed(self, cfg: LSTMCGANConfig, seed: int, ctx: Any) -> SeedOutput:
         data = make_data(cfg)
-        classifier = train_classifier(cfg, data["train"], seed, ctx.device)
+        classifier = train_classifier(cfg, data["judge"], seed, ctx.device)
+        val_hits = attribute_hits(classifier, data["judge_val"].images.to(ctx.device), data["judge_val"].attributes)
         real_hits = attribute_hits(classifier, data["test"].images.to(ctx.device), data["test"].attributes)
         arms, curves = {}, {}
         for arm in arm_names(cfg):
@@ -234,7 +244,7 @@ class LSTMCGANExperiment(Experiment):
             for name, ys in out["curve"].items():
                 curves.setdefault(f"{name} accuracy per step", {})[arm] = ys
         arms["real_images"] = {"attr_acc": real_hits.mean(1).tolist()}
-        return SeedOutput(arms=arms, curves=curves)
+        return SeedOutput(arms=arms, curves=curves, extra={"classifier_val_acc": float(val_hits.mean())})
 
     def claims(self, cfg: LSTMCGANConfig, result: Any) -> list[Claim]:
         m = result.metric
@@ -264,7 +274,9 @@ class LSTMCGANExperiment(Experiment):
         mean = result.mean
         lines = [f"attribute accuracy of generated held-out captions: " + ", ".join(
             f"{arm} {mean(arm, 'attr_acc'):.3f}" for arm in arm_names(cfg)) +
-            f"; real test images {mean('real_images', 'attr_acc'):.3f}; chance {CHANCE:.3f}."]
+            f"; real test images {mean('real_images', 'attr_acc'):.3f}; chance {CHANCE:.3f}.",
+            "classifier validation accuracy (fresh real held-out-combination images, not the test set): "
+            f"{(result.extra.get('classifier_val_acc') or {}).get('mean', float('nan')):.3f}."]
         for name in ATTRIBUTE_NAMES:
             lines.append(f"{name} accuracy: " + ", ".join(f"{arm} {mean(arm, 'acc_' + name):.3f}" for arm in arm_names(cfg)))
         if cfg.steps_per_caption is not None:
