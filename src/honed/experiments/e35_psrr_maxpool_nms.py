@@ -48,7 +48,7 @@ MIN_GREEDY_AP50 = 50.0  # precondition: the simulated detector + greedy referenc
 @dataclass(frozen=True)
 class PSRRConfig(ExperimentConfig):
     """Defaults are the ``small`` preset: 8 seeds x 200 scenes per stage (AP gets a t interval over seeds,
-    so seeds, not images, narrow it), timing with 7 interleaved repeats per size."""
+    so seeds, not images, narrow it), timing with 5 interleaved repeats per size."""
 
     images: int = 200
     image_size: int = 512
@@ -73,7 +73,7 @@ class PSRRConfig(ExperimentConfig):
     max_dets: int = 100
     first_stage: bool = True
     timing_sizes: tuple[int, ...] = (100, 300, 1000, 3000, 10000, 20000)
-    timing_repeats: int = 7
+    timing_repeats: int = 5
     slope_from: int = 1000  # runtime log-log slope fitted over sizes >= this
     seeds: tuple[int, ...] = tuple(range(8))
     threads: int = 1
