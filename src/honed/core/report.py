@@ -224,7 +224,21 @@ def render_markdown(entries: dict[str, RunEntry], root: Path) -> str:
             parts += [f"## {e.id}", "", f"No finished result: {e.problem} (`{e.folder.relative_to(root)}`).", ""]
             continue
         parts += markdown_section(e, root)
+    last = reproduce_line(root)
+    parts += ["## The last `honed reproduce`", "", last, ""] if last else []
     return "\n".join(parts)
+
+
+def reproduce_line(root: Path) -> str:
+    """One sentence on the last ``honed reproduce`` under ``root`` (from its reproduce.json), or ''."""
+    try:
+        data = read_checked_json(Path(root) / "reproduce.json")
+        minutes = float(data["wall_s"]) / 60
+        return (f"{len(data['ids'])} experiment(s) at preset {data['preset']}, {data['jobs']} at a time on "
+                f"{data['cpu_count']} core(s), started {data['started']}: {minutes:.1f} min wall time"
+                f"{'; crashed: ' + ', '.join(data['crashed']) if data['crashed'] else ''}.")
+    except (OSError, CorruptFileError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def markdown_section(entry: RunEntry, root: Path) -> list[str]:
