@@ -116,7 +116,8 @@ def resample_contour(poly: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def sample_outline(contours: list[np.ndarray], n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, 4) = x, y, cos, sin; flags (n,) with exactly one END per contour)."""
-    counts = allocate([float(np.linalg.norm(np.diff(np.vstack([c, c[:1]]), axis=0), axis=1).sum()) for c in contours], n)
+    lengths = [float(np.linalg.norm(np.diff(np.vstack([c, c[:1]]), axis=0), axis=1).sum()) for c in contours]
+    counts = allocate(lengths, n)
     feats, flags = [], []
     for contour, k in zip(contours, counts):
         points, tangent = resample_contour(contour, k)

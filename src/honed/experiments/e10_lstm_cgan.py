@@ -6,7 +6,8 @@ Data: 16x16 images of one shape (shape, colour, size, position) with captions fr
 the LSTM cGAN (image after every word, mask head trained by the D optimiser) and GAN-INT-CLS (noise +
 sentence vector, no LSTM, no mask) train with the same D architecture, matching-aware loss, optimiser,
 batches and 1 D : 2 G schedule. An attribute classifier trained on a separate set of real images of every
-attribute combination (the generators never see it) scores the generated test images (mean of 4 attribute hits per image); SSIM and MSE compare each generated image
+attribute combination (the generators never see it) scores the generated test images (mean of 4
+attribute hits per image); SSIM and MSE compare each generated image
 with the real image of its caption. The LSTM cGAN's per-step images give a per-step accuracy curve and,
 per test caption, the jump of each attribute's accuracy at the step where its word appears.
 """
@@ -97,7 +98,8 @@ class AttributeClassifier(nn.Module):
         return [head(z) for head in self.heads]
 
 
-def train_classifier(cfg: LSTMCGANConfig, data: CaptionedShapes, seed: int, device: torch.device) -> AttributeClassifier:
+def train_classifier(cfg: LSTMCGANConfig, data: CaptionedShapes, seed: int,
+                     device: torch.device) -> AttributeClassifier:
     torch.manual_seed(seed + 101)
     model = AttributeClassifier(cfg.image_size).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -250,8 +252,8 @@ class LSTMCGANExperiment(Experiment):
         m = result.metric
         gen_ok = ("classifier reads held-out real images", "lstm_cgan above chance", "gan_int_cls above chance")
         return [
-            Claim.check("lstm_cgan - gan_int_cls attribute accuracy", m("lstm_cgan", "attr_acc") - m("gan_int_cls", "attr_acc"),
-                        ">=", 0.0, "card: LSTM cGAN >= GAN-INT-CLS on attribute accuracy (held-out combinations)",
+            Claim.check("lstm_cgan - gan_int_cls attribute accuracy",
+                        m("lstm_cgan", "attr_acc") - m("gan_int_cls", "attr_acc"), ">=", 0.0, "card: LSTM cGAN >= GAN-INT-CLS on attribute accuracy (held-out combinations)",
                         metric="attr_acc", requires=gen_ok),
             Claim.check("lstm_cgan - gan_int_cls SSIM", m("lstm_cgan", "ssim") - m("gan_int_cls", "ssim"), ">=", 0.0,
                         "card: LSTM cGAN >= GAN-INT-CLS on SSIM to the ground-truth image", metric="ssim",
@@ -278,7 +280,8 @@ class LSTMCGANExperiment(Experiment):
             "classifier validation accuracy (fresh real held-out-combination images, not the test set): "
             f"{(result.extra.get('classifier_val_acc') or {}).get('mean', float('nan')):.3f}."]
         for name in ATTRIBUTE_NAMES:
-            lines.append(f"{name} accuracy: " + ", ".join(f"{arm} {mean(arm, 'acc_' + name):.3f}" for arm in arm_names(cfg)))
+            lines.append(f"{name} accuracy: " + ", ".join(f"{arm} {mean(arm, 'acc_' + name):.3f}"
+                                                           for arm in arm_names(cfg)))
         if cfg.steps_per_caption is not None:
             lines.append(f"losses averaged over {cfg.steps_per_caption} random real-word steps per caption and "
                          "iteration (unbiased subsample of the card's all-step mean; full uses every step).")
@@ -290,7 +293,8 @@ class LSTMCGANExperiment(Experiment):
             ys = by_arm.get("lstm_cgan")
             if ys:
                 ax.plot(range(len(ys)), ys, marker="o", label=curve.replace(" accuracy per step", ""))
-        ax.set(title="LSTM cGAN: attribute accuracy after each word (step 0: no word)", xlabel="step", ylabel="accuracy")
+        ax.set(title="LSTM cGAN: attribute accuracy after each word (step 0: no word)", xlabel="step",
+               ylabel="accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         return True

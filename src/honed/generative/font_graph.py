@@ -204,7 +204,8 @@ def graph_loss(features: torch.Tensor, flag_logits: torch.Tensor, true_features:
     if features.shape != true_features.shape or true_flags.shape != features.shape[:2]:
         raise InputError(f"graph shapes differ: {tuple(features.shape)} vs {tuple(true_features.shape)} / "
                          f"{tuple(true_flags.shape)}")
-    return (F.mse_loss(features[..., :2], true_features[..., :2]) + F.mse_loss(features[..., 2:], true_features[..., 2:])
+    return (F.mse_loss(features[..., :2], true_features[..., :2])
+            + F.mse_loss(features[..., 2:], true_features[..., 2:])
             + F.cross_entropy(flag_logits.reshape(-1, N_FLAGS), true_flags.reshape(-1)))
 
 
@@ -251,7 +252,8 @@ def move_points(model: FontGraphModel, features: torch.Tensor, flag_logits: torc
     if not points or any(not isinstance(i, int) or not 0 <= i < n for i in points) or len(offset) != 2:
         raise InputError(f"points must be a non-empty list of indices in [0, {n}) and offset (dx, dy)")
     edited = features.clone()
-    edited[points, :2] = (edited[points, :2] + torch.tensor(offset, dtype=features.dtype, device=features.device)).clamp(0, 1)
+    shift = torch.tensor(offset, dtype=features.dtype, device=features.device)
+    edited[points, :2] = (edited[points, :2] + shift).clamp(0, 1)
     target = torch.tensor([char], device=features.device)
     with eval_mode(model):
         image = model.render(edited[None], flag_logits.softmax(-1)[None], target)

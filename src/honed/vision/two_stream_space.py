@@ -114,7 +114,8 @@ class SlicedConv3d(nn.Module):
         lo = (self.t_max - t) // 2
         cin = x.shape[1]
         w = self.weight[:cin, :, lo:lo + t] if self.depthwise else self.weight[:cout, :cin, lo:lo + t]
-        return F.conv3d(x, w, None, self.stride, (t // 2, self.k // 2, self.k // 2), groups=cin if self.depthwise else 1)
+        padding = (t // 2, self.k // 2, self.k // 2)
+        return F.conv3d(x, w, None, self.stride, padding, groups=cin if self.depthwise else 1)
 
 
 class SlicedBN(nn.BatchNorm3d):
@@ -192,7 +193,8 @@ class TwoStreamNet(nn.Module):
         self.space, self.streams = space, streams
         self.used = STREAMS if streams == "both" else (streams,)
         t_max, e_max = max(space.temporal), max(space.expansion)
-        self.stems, self.stem_bns, self.blocks, self.se = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        self.stems, self.stem_bns = nn.ModuleDict(), nn.ModuleDict()
+        self.blocks, self.se = nn.ModuleDict(), nn.ModuleDict()
         for stream in self.used:
             stem = space.slow_stem if stream == "slow" else space.fast_stem
             self.stems[stream] = SlicedConv3d(3, stem, 1 if stream == "slow" else 3, 3, (1, 2, 2))
@@ -203,7 +205,8 @@ class TwoStreamNet(nn.Module):
                 for s in range(space.stages) for b in range(space.blocks))
             self.se[stream] = nn.ModuleList(SlicedSE(c_max) for _ in range(space.stages))
         cs, cf = max(space.slow_channels), max(space.fast_channels)
-        self.fusions = nn.ModuleList(Fusion(cf, cs, space.alpha) for _ in range(space.stages)) if streams == "both" else None
+        self.fusions = (nn.ModuleList(Fusion(cf, cs, space.alpha) for _ in range(space.stages))
+                        if streams == "both" else None)
         self.head = nn.Linear(cs * ("slow" in self.used) + cf * ("fast" in self.used), space.num_classes)
 
     def check_clips(self, clips: torch.Tensor) -> None:
