@@ -112,7 +112,8 @@ class Apply(Stat):
         return list(seen.values())
 
     def evaluate(self, env):
-        return self.fn(*(a.evaluate(env) for a in self.args))
+        with np.errstate(all="ignore"):  # 0/0 and x/0 give nan / inf, which estimate() reports as such
+            return self.fn(*(a.evaluate(env) for a in self.args))
 
     def __repr__(self) -> str:
         if len(self.args) == 2 and self.symbol in "+-*/":
