@@ -10,8 +10,7 @@ from honed.compress.masks import apply_mask, count_kept, is_nested, magnitude_pr
 from honed.compress.ownership import (SignatureKey, TriggerMixCallback, connectivity, embed_signature,
                                       extract_signature, find_host, forgery_attack, make_trigger_set,
                                       prune_further, read_signature, search_signature, trigger_accuracy)
-from honed.compress.qr_code import (_format_bits, _rs_generator, data_cells, mask_pattern_of, qr_decode,
-                                    qr_encode, rs_correct, rs_encode)
+from honed.compress.qr_code import data_cells, mask_pattern_of, qr_decode, qr_encode, rs_correct, rs_encode
 from honed.core.errors import InputError
 from honed.core.loop import Callback, train
 from honed.data import Batches, Split
@@ -26,10 +25,33 @@ def random_mask(density: float, seed: int = 0, shape=(64, 64, 3, 3)) -> dict[str
 
 
 # ---------------------------------------------------------------- QR codec
+# OWNER with mask 3 as honed's earlier hand-written ISO/IEC 18004 encoder wrote it (row-major, dark = 1)
+OWNER_MASK3_HEX = ("fe122bfc13efd06e8f2abb7421a5dbaa272ec1238d07faaaafe012cf0033de0e80a94027c4f72874b9e92419b51807aa8d6"
+                   "ba42872f0f68f52faaf7dce80a1d2d82bf37c7811f060d43134fe8041a47ffb036a104ccd11ba21cfa5d465eeaeb2465b04"
+                   "2b6bafe2e8c100")
+
+
 def test_reed_solomon_hand_oracles():
-    assert _rs_generator(2) == (1, 3, 2)  # (x - 1)(x - 2) = x^2 + 3x + 2 in GF(256)
-    assert rs_encode([1], 2) == [3, 2]  # x^2 mod (x^2 + 3x + 2) = 3x + 2
-    assert _format_bits(0) == 0b001011010001001  # ISO/IEC 18004 table: level H, mask 0
+    assert rs_encode([1], 2) == [3, 2]  # x^2 mod (x - 1)(x - 2) = x^2 + 3x + 2 in GF(256): 3x + 2
+    # ISO/IEC 18004 annex example "01234567" at 1-M: 16 data codewords -> these 10 check codewords
+    data = [0x10, 0x20, 0x0C, 0x56, 0x61, 0x80] + [0xEC, 0x11] * 5
+    assert rs_encode(data, 10) == [0xA5, 0x24, 0xD4, 0xC1, 0xED, 0x36, 0xC7, 0x87, 0x2C, 0x55]
+
+
+def test_qr_matrix_equals_the_hand_written_encoders():
+    bits = torch.tensor([int(b) for b in bin(int(OWNER_MASK3_HEX, 16))[2:].zfill(len(OWNER_MASK3_HEX) * 4)])
+    assert torch.equal(qr_encode(OWNER, mask_pattern=3).flatten(), bits[:29 * 29].bool())
+
+
+def test_qr_format_field_is_the_iso_word():
+    code = qr_encode(OWNER, mask_pattern=0)
+    first_copy = [(i, 8) for i in range(6)] + [(7, 8), (8, 8), (8, 7)] + [(8, 14 - i) for i in range(9, 15)]
+    word = sum(int(code[r, c]) << i for i, (r, c) in enumerate(first_copy))
+    assert word == 0b001011010001001  # ISO/IEC 18004 format table: level H, mask 0
+    for r, c in first_copy[:3]:
+        code[r, c] = ~code[r, c]
+    assert mask_pattern_of(code) == 0  # 3 wrong format bits still name the pattern
+    assert mask_pattern_of(torch.zeros(29, 29, dtype=torch.bool)) is None
 
 
 def test_reed_solomon_corrects_up_to_eleven_errors_and_flags_more():
@@ -61,7 +83,7 @@ def test_qr_layout_oracles():
     assert mask_pattern_of(code) == 3
 
 
-@pytest.mark.parametrize("text", [OWNER, "a", "x" * 24, "Zürich ✓"])
+@pytest.mark.parametrize("text", [OWNER, "a", "x" * 24, "Zürich ✓", "12345", ""])
 def test_qr_round_trip_every_mask_pattern(text):
     for pattern in [None, *range(8)]:
         assert qr_decode(qr_encode(text, pattern)) == text
