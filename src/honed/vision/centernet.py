@@ -1,5 +1,5 @@
 """A small anchor-free detector in the style of CenterNet (Objects as Points, arXiv:1904.07850): the
-shared detector of Cycle Self-Training (11, arXiv:2105.07939's card) in 2D and of the A*3D benchmark
+shared detector of Cycle Self-Training (11, arXiv:2207.05334) in 2D and of the A*3D benchmark
 (40, arXiv:1909.07541) in bird's-eye view.
 
 An object is the peak of a per-class heatmap at its box centre on an output grid ``stride`` times
@@ -155,15 +155,20 @@ def stack_targets(targets: list[CenterNetTargets]) -> CenterNetTargets:
                               for f in ("heatmap", "index", "size", "offset", "yaw", "mask")))
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss: -(sum_pos (1-p)^a log p + sum_neg (1-y)^b p^a log(1-p)) /
-    max(#pos, 1), positives where the target heatmap is exactly 1. logits and target (B, C, H, W)."""
+    max(#pos, 1), positives where the target heatmap is exactly 1. logits and target (B, C, H, W).
+    ``weight`` (B, C, H, W) >= 0 scales each location's term and the positive count becomes the summed
+    weight of the positives (Cycle Self-Training's per-box pseudo-label weights, arXiv:2207.05334);
+    None is all ones."""
     pos = target.eq(1).float()
+    weight = torch.ones_like(target) if weight is None else weight
     log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
     p = log_p.exp()
-    pos_loss = ((1 - p) ** alpha * log_p * pos).sum()
-    neg_loss = ((1 - target) ** beta * p ** alpha * log_not_p * (1 - pos)).sum()
-    return -(pos_loss + neg_loss) / pos.sum().clamp_min(1)
+    pos_loss = ((1 - p) ** alpha * log_p * pos * weight).sum()
+    neg_loss = ((1 - target) ** beta * p ** alpha * log_not_p * (1 - pos) * weight).sum()
+    return -(pos_loss + neg_loss) / (pos * weight).sum().clamp_min(1)
 
 
 def _gather(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
