@@ -38,3 +38,14 @@ def test_bad_labels_and_shapes_are_refused():
         confusion_matrix(torch.zeros(3), torch.zeros(4), 2)
     with pytest.raises(InputError, match=r"\[0, 2\)"):
         confusion_matrix(torch.tensor([2]), torch.tensor([0]), 2)
+
+
+def test_per_image_miou_hand_counted():
+    from honed.vision.seg_metrics import per_image_miou
+
+    target = torch.tensor([[[0, 0], [1, 1]], [[2, 2], [2, 2]]])
+    pred = torch.tensor([[[0, 1], [1, 1]], [[2, 2], [2, 0]]])
+    # image 0: class0 1/2, class1 2/3; image 1: class2 3/4, class0 0/1 (predicted only)
+    assert per_image_miou(pred, target, 3) == pytest.approx([(1 / 2 + 2 / 3) / 2, (3 / 4 + 0) / 2])
+    with pytest.raises(InputError):
+        per_image_miou(pred[0], target[0], 3)

@@ -47,3 +47,13 @@ def f1_per_class(confusion: torch.Tensor) -> torch.Tensor:
 def pixel_accuracy(confusion: torch.Tensor) -> float:
     """Overall accuracy: correctly labelled pixels / all counted pixels."""
     return float(confusion.diag().sum().double() / confusion.sum().clamp_min(1).double())
+
+
+def per_image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                   ignore_index: int | None = None) -> list[float]:
+    """Per-image mIoU: for each of N label maps (N, H, W), the mean IoU over the classes present in
+    that image's target or prediction (:func:`mean_iou` of the image's own confusion matrix). Their
+    mean is a per-example outcome (paired intervals across methods), not the dataset-level mIoU."""
+    if pred.dim() != 3:
+        raise InputError(f"pred and target must be (N, H, W) label maps, got {tuple(pred.shape)}")
+    return [mean_iou(confusion_matrix(p, t, num_classes, ignore_index)) for p, t in zip(pred, target)]
