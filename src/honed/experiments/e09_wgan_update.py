@@ -18,7 +18,7 @@ from torch import nn
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
 from honed.generative.adaptive_updates import FixedUpdateSchedule, LossChangeRatioScheduler, train_gan_updates
 from honed.generative.gan_metrics import mode_quality, rbf_mmd2, ring_centers, sample_gaussian_ring
 
@@ -31,16 +31,19 @@ def adaptive_arm(lam: float) -> str:
 
 @dataclass(frozen=True)
 class WganUpdateConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset: 2 seeds x 1600 total updates per arm (the card's 5 seeds x
-    6000 updates do not fit 3 min on 2 shared cores; ``full`` runs them). MMD threshold rule, fixed
-    before any run: ``gaussian_fit`` = the MMD^2 between the real evaluation sample and samples of the
-    best single Gaussian (mean and covariance of a separate real sample) - an arm "converges" once its
-    generator beats a moment-matched blob; ``fraction_of_initial`` = ``threshold_fraction`` x the shared
-    initial generator's MMD^2."""
+    """Defaults are the ``small`` preset: the card's budget of 6000 total updates per arm, 3 seeds, and
+    one adaptive arm at lambda = 1 (the neutral weight r_D > r_G, fixed before any run: no lambda is
+    selected from results). ``full`` runs the card's 5 seeds and the lambda sweep {0.5, 1, 2, 5}; each
+    lambda gets its own claims (none is picked as "best"). Cost: the small run measured ~38 s of one
+    CPU core per arm (6000 updates incl. evaluation); full is 30 arm runs, estimated ~20 min on one idle
+    core. MMD threshold rule, fixed before any run: ``gaussian_fit`` = the MMD^2 between the real
+    evaluation sample and samples of the best single Gaussian (mean and covariance of a separate real
+    sample) - an arm "converges" once its generator beats a moment-matched blob;
+    ``fraction_of_initial`` = ``threshold_fraction`` x the shared initial generator's MMD^2."""
 
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1  # 3x128 MLPs on 2-D points: one torch thread
-    total_updates: int = 1600
+    total_updates: int = 6000
     eval_every: int = 200
     eval_samples: int = 2000
     batch_size: int = 256
@@ -51,7 +54,7 @@ class WganUpdateConfig(ExperimentConfig):
     z_dim: int = 2
     hidden: int = 128
     depth: int = 3
-    lambdas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
+    lambdas: tuple[float, ...] = (1.0,)
     n_critic: int = 5
     warmup_cycles: int = 3  # (R) the PyTorch port's 3 cycles of the fixed schedule
     ratio_eps: float = 1e-8  # (R) epsilon guard on the previous loss
@@ -68,7 +71,7 @@ class WganUpdateConfig(ExperimentConfig):
 
     @classmethod
     def full(cls) -> "WganUpdateConfig":
-        return replace(cls(), seeds=(0, 1, 2, 3, 4), total_updates=6000)
+        return replace(cls(), seeds=(0, 1, 2, 3, 4), lambdas=(0.5, 1.0, 2.0, 5.0))
 
     def validate(self) -> None:
         for name in ("total_updates", "eval_every", "eval_samples", "batch_size", "z_dim", "hidden", "depth",
@@ -166,7 +169,8 @@ class WganUpdateExperiment(Experiment):
     summary = ("WGAN-GP (lambda_gp 10, Adam 1e-4, betas (0.5, 0.9), batch 256) with 3x128 MLP generator and "
                "critic learns a mixture of 8 Gaussians on a circle (radius 2, std 0.02). At an equal budget of "
                "total D + G updates, fixed 5:1 and 1:1 schedules are compared with the adaptive rule (update D "
-               "iff r_D > lambda * r_G, relative loss changes, lambda in {0.5, 1, 2, 5}). Measured: RBF MMD^2 "
+               "iff r_D > lambda * r_G, relative loss changes; lambda = 1 at small, the sweep {0.5, 1, 2, 5} at full, "
+               "each lambda claimed on its own). Measured: RBF MMD^2 "
                "(4 bandwidths, 2000 vs 2000 points) every 200 updates, updates and training seconds to an MMD^2 "
                "threshold fixed a priori, final MMD^2, modes covered, high-quality fraction, and the D/G mix the "
                "adaptive arms settle to.")
@@ -183,10 +187,12 @@ class WganUpdateExperiment(Experiment):
         "re-evaluated without an update (L_D includes the gradient penalty), so no ratio goes stale",
         "epsilon guard: ratio denominator max(|previous loss|, ratio_eps=1e-8); hits are counted",
         "MMD^2 threshold rule gaussian_fit (fixed before any run): the MMD^2 of a moment-matched single Gaussian",
+        "small preset: lambda = 1 only (neutral weighting, fixed before any run; the TF port's 2 belongs to its "
+        "balance-step variant); the card's sweep runs at full, with claims per lambda and no selection",
     )
     claims_tested = (
         "for some lambda the adaptive schedule reaches the MMD threshold in fewer updates than fixed 5:1 "
-        "AND ends at equal or lower MMD",
+        "AND ends at equal or lower MMD (each lambda of the run is claimed separately; none is selected)",
         "it also reaches the threshold in fewer training seconds (equal wall-clock report)",
     )
 
@@ -206,27 +212,31 @@ class WganUpdateExperiment(Experiment):
         return SeedOutput(arms=arms, extra={"mmd2_threshold": used}, curves=curves)
 
     def claims(self, cfg: WganUpdateConfig, result: Any) -> list[Claim]:
-        mean, base = result.mean, "fixed_5to1"
-        adaptive = [adaptive_arm(lam) for lam in cfg.lambdas]
-        both = sum(mean(a, "updates_to_threshold") < mean(base, "updates_to_threshold")
-                   and mean(a, "final_mmd2") <= mean(base, "final_mmd2") for a in adaptive)
-        seconds = [mean(a, "seconds_to_threshold") for a in adaptive if not math.isnan(mean(a, "seconds_to_threshold"))]
-        return [
-            Claim.check("lambdas_faster_and_no_worse_than_5to1", both, ">=", 1,
-                        "card: for some lambda the adaptive schedule reaches the MMD threshold in fewer updates "
-                        "than 5:1 AND ends at equal or lower MMD (mean over seeds)", metric="updates_to_threshold"),
-            Claim.check("best_adaptive_updates_to_threshold_minus_5to1",
-                        min(mean(a, "updates_to_threshold") for a in adaptive) - mean(base, "updates_to_threshold"),
-                        "<", 0, "card: adaptive converges in fewer updates than the fixed 5:1 schedule",
-                        metric="updates_to_threshold"),
-            Claim.check("best_adaptive_seconds_to_threshold_minus_5to1",
-                        min(seconds, default=math.nan) - mean(base, "seconds_to_threshold"), "<", 0,
-                        "card: ... and in fewer seconds (equal wall-clock report; NaN if an arm never reached)",
-                        metric="seconds_to_threshold"),
-            Claim.check("best_adaptive_final_mmd2_minus_5to1",
-                        min(mean(a, "final_mmd2") for a in adaptive) - mean(base, "final_mmd2"), "<=", 0,
-                        "card: equal or lower final MMD than 5:1 at the same update budget", metric="final_mmd2"),
-        ]
+        m, base = result.metric, "fixed_5to1"
+        claims = []
+        for lam in cfg.lambdas:
+            arm = adaptive_arm(lam)
+            claims += [
+                Claim.check(f"{arm} - 5:1 updates to the MMD threshold", m(arm, "updates_to_threshold")
+                            - m(base, "updates_to_threshold"), "<", 0.0,
+                            "card: the adaptive schedule reaches the MMD threshold in fewer updates than 5:1 "
+                            "(an arm that never reaches it counts as budget + eval_every)",
+                            metric="updates_to_threshold"),
+                Claim.check(f"{arm} - 5:1 seconds to the MMD threshold", m(arm, "seconds_to_threshold")
+                            - m(base, "seconds_to_threshold"), "<", 0.0,
+                            "card: ... and in fewer training seconds (equal wall-clock report; not measured when an "
+                            "arm never reached the threshold in some seed)", metric="seconds_to_threshold"),
+                Claim.check(f"{arm} - 5:1 final MMD^2", m(arm, "final_mmd2") - m(base, "final_mmd2"), "<=", 0.0,
+                            "card: equal or lower final MMD than 5:1 at the same update budget", metric="final_mmd2"),
+            ]
+        return claims
+
+    def preconditions(self, cfg: WganUpdateConfig, result: Any) -> list[Precondition]:
+        return [Precondition.check(
+            "fixed 5:1 ends below the MMD threshold",
+            result.metric("fixed_5to1", "final_mmd2") - result.extra_metric("mmd2_threshold"), "<", 0.0,
+            "the baseline GAN must learn the ring within the budget, or 'updates to the threshold' is censored "
+            "for every arm and says nothing about speed")]
 
     def notes(self, cfg: WganUpdateConfig, result: Any) -> list[str]:
         mean = result.mean
@@ -241,9 +251,10 @@ class WganUpdateExperiment(Experiment):
                 f"{mean(arm, 'g_steps'):.0f}, D fraction in the second half {mean(arm, 'late_d_fraction'):.2f}, "
                 f"modes {mean(arm, 'final_modes'):.1f}/{cfg.modes}, high quality {mean(arm, 'final_high_quality'):.2f}, "
                 f"epsilon-guard hits {mean(arm, 'guard_hits'):.0f}.")
-        if cfg.total_updates < 6000 or len(result.seeds) < 5:
-            lines.append(f"reduced scale: {cfg.total_updates} total updates x {len(result.seeds)} seed(s) per arm "
-                         "(card: 6000 x 5; the full preset runs that) to fit the CPU budget.")
+        if cfg.total_updates < 6000 or len(result.seeds) < 5 or len(cfg.lambdas) < 4:
+            lines.append(f"reduced scale: {cfg.total_updates} total updates x {len(result.seeds)} seed(s) per arm, "
+                         f"lambda in {list(cfg.lambdas)} (card: 6000 x 5 seeds, lambda in {{0.5, 1, 2, 5}}; the full "
+                         "preset runs that) to fit the CPU budget.")
         reached = [arm for arm in arm_names(cfg) if mean(arm, "reached") > 0]
         if not reached:
             lines.append(f"no arm reached the MMD^2 threshold within {cfg.total_updates} updates in any seed, so "
