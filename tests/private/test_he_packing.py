@@ -110,6 +110,26 @@ def test_convpack_1x1_counts_match_closed_form():
     assert len(out.cts) == 5
 
 
+def test_convpack_term_by_term_path_equals_the_simulators_shortcut():
+    # real ciphertexts take _conv_pack_terms; the simulator's einsum shortcut must give the same values,
+    # counts and depth
+    x = np.random.default_rng(3).normal(size=(1, 2, 4, 4))
+    weight, bias = torch.randn(3, 2, 3, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    outs, counts = [], []
+    for path in (hp._conv_pack_lockstep, hp._conv_pack_terms):
+        sim = hp.SlotSimulator(32)
+        copies, ref = hp.client_conv_copies(sim, x, 3, 1)
+        masks = {(a, b): np.isin(np.arange(32), ref[hp.tap_mask(4, 4, a, b, 1)]).astype(float)
+                 for a in range(3) for b in range(3)}
+        bias_plain = np.zeros((3, 32))
+        bias_plain[:, :16] = bias.numpy()[:, None]
+        outs.append(path(copies, masks, weight.numpy(), bias_plain))
+        counts.append(sim.total().as_dict())
+    assert counts[0] == counts[1]
+    for fast, slow in zip(*outs):
+        assert np.allclose(fast.values, slow.values, atol=1e-12) and fast.depth == slow.depth == 1
+
+
 def test_square_pool_and_merge_in_the_slots():
     sim = hp.SlotSimulator(128)
     x = np.random.default_rng(2).normal(size=(2, 3, 4, 4))

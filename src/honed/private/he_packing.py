@@ -4,8 +4,10 @@ on Encrypted Data, Lu et al., arXiv:2102.03494).
 
 No encryption happens here: a :class:`Ciphertext` is a float64 vector of ``slots`` values (or a batch
 (B, slots) of independent per-image ciphertexts run in lockstep; counts are per image), and every
-homomorphic operation is counted, so a packing plan's cost is measured by running it. A real CKKS run
-of the same plan (TenSEAL, extra ``he``) is the optional check the card mentions; it is not used here.
+homomorphic operation is counted, so a packing plan's cost is measured by running it. The packing
+functions only call ciphertext methods, so the same plans also run on real CKKS ciphertexts
+(:class:`honed.private.he_ckks.CKKSBackend`, Microsoft SEAL through TenSEAL, extra ``he``); the
+simulator stays their fast oracle.
 
 Packings (stride-1 convolutions; a "packed tensor" :class:`Packed` maps each value (c, i, j) to a slot
 of one of its ciphertexts):
@@ -79,18 +81,13 @@ class CostModel:
                 + self.c_add * counts.adds + self.c_sq * counts.mul_ct)
 
 
-class SlotSimulator:
-    """FFConv (arXiv:2102.03494) slot simulator: creates :class:`Ciphertext` objects of ``slots``
-    float64 values and counts every operation on them under the current :meth:`section` name.
-    ``encrypted`` counts the ciphertexts the client sends (per image)."""
+class OpCounter:
+    """FFConv (arXiv:2102.03494) operation counts per named plan section (``conv:3``, ``layout:3``...),
+    shared by the slot simulator and the real CKKS backend."""
 
-    def __init__(self, slots: int = 4096):
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 2 or slots & (slots - 1):
-            raise InputError(f"slots must be a power of two >= 2, got {slots!r}")
-        self.slots = slots
+    def __init__(self):
         self.counts: dict[str, OpCounts] = {}
         self.current = "main"
-        self.encrypted = 0
 
     @contextmanager
     def section(self, name: str):
@@ -112,6 +109,19 @@ class SlotSimulator:
             if name.startswith(prefix):
                 out = out + record
         return out
+
+
+class SlotSimulator(OpCounter):
+    """FFConv (arXiv:2102.03494) slot simulator: creates :class:`Ciphertext` objects of ``slots``
+    float64 values and counts every operation on them under the current :meth:`section` name.
+    ``encrypted`` counts the ciphertexts the client sends (per image)."""
+
+    def __init__(self, slots: int = 4096):
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 2 or slots & (slots - 1):
+            raise InputError(f"slots must be a power of two >= 2, got {slots!r}")
+        super().__init__()
+        self.slots = slots
+        self.encrypted = 0
 
     def encrypt(self, values: np.ndarray) -> "Ciphertext":
         """A ciphertext from a (slots,) or (B, slots) float array (shorter rows are zero-padded)."""
@@ -180,10 +190,10 @@ class Packed:
 
     def decrypt(self) -> np.ndarray:
         """The (B, C, H, W) float64 values."""
-        batch = self.cts[0].values.shape[0]
-        out = np.zeros((batch,) + self.shape)
+        plain = [ct.decrypt() for ct in self.cts]
+        out = np.zeros((plain[0].shape[0],) + self.shape)
         for c in range(self.shape[0]):
-            out[:, c] = self.cts[self.chan_ct[c]].values[:, self.slot[c]]
+            out[:, c] = plain[self.chan_ct[c]][:, self.slot[c]]
         return out
 
 
@@ -345,32 +355,55 @@ def conv_pack_conv(copies: dict, ref: np.ndarray, weight: torch.Tensor, bias: to
                    padding: int) -> Packed:
     """FFConv (arXiv:2102.03494) ConvPack stride-1 'same' convolution: output channel o is one
     ciphertext sum_{c,a,b} copy(c,a,b) * plaintext(w[o,c,a,b] on the tap's valid output slots of
-    ``ref`` (H, W)) (+ bias). ``copies`` from :func:`client_conv_copies` or :func:`shifted_copies`."""
+    ``ref`` (H, W)) (+ bias). ``copies`` from :func:`client_conv_copies` or :func:`shifted_copies`.
+    On the simulator the sums are computed tap by tap in one einsum (same values and counts as the
+    term-by-term evaluation that real ciphertexts get)."""
     c_out, c_in, kernel, _ = weight.shape
     if 2 * padding != kernel - 1:
         raise InputError(f"ConvPack here evaluates 'same' convolutions: need padding (d-1)/2, got {padding}")
     sim = next(iter(copies.values())).sim
     w = weight.detach().double().cpu().numpy()
     height, width = ref.shape
-    # counts: one ct x pt multiply per (output, copy), one add per term after the first. The values
-    # are computed tap by tap (the plaintext of (o, c, a, b) is w[o, c, a, b] on the tap's mask).
-    acc, depth, taps = 0.0, 0, sorted({(a, b) for (_, a, b) in copies})
-    for a, b in taps:
+    masks = {}
+    for a, b in {(a, b) for (_, a, b) in copies}:
+        masks[(a, b)] = np.zeros(sim.slots)
+        masks[(a, b)][ref[tap_mask(height, width, a, b, padding)].reshape(-1)] = 1.0
+    bias_plain = None
+    if bias is not None:
+        bias_plain = np.zeros((c_out, sim.slots))
+        bias_plain[:, ref.reshape(-1)] = bias.detach().double().cpu().numpy()[:, None]
+    evaluate = _conv_pack_lockstep if isinstance(sim, SlotSimulator) else _conv_pack_terms
+    outs = evaluate(copies, masks, w, bias_plain)
+    return Packed(outs, np.arange(c_out), np.broadcast_to(ref, (c_out, height, width)).copy())
+
+
+def _conv_pack_terms(copies: dict, masks: dict, w: np.ndarray, bias_plain: np.ndarray | None) -> list:
+    """Output o = sum over the copies (c, a, b) of copy * (w[o, c, a, b] x tap mask), term by term."""
+    outs = []
+    for o in range(w.shape[0]):
+        acc = None
+        for (c, a, b), copy in sorted(copies.items()):
+            term = copy.mul_plain(w[o, c, a, b] * masks[(a, b)])
+            acc = term if acc is None else acc.add(term)
+        outs.append(acc if bias_plain is None else acc.add_plain(bias_plain[o]))
+    return outs
+
+
+def _conv_pack_lockstep(copies: dict, masks: dict, w: np.ndarray, bias_plain: np.ndarray | None) -> list:
+    """The simulator's shortcut of :func:`_conv_pack_terms`: one einsum per tap, counted as the terms."""
+    sim, c_out, c_in = next(iter(copies.values())).sim, w.shape[0], w.shape[1]
+    acc, depth = 0.0, 0
+    for a, b in sorted(masks):
         chans = [c for c in range(c_in) if (c, a, b) in copies]
         stack = np.stack([copies[(c, a, b)].values for c in chans])  # (C, B, S)
-        mask = np.zeros(sim.slots)
-        mask[ref[tap_mask(height, width, a, b, padding)].reshape(-1)] = 1.0
-        acc = acc + mask * np.einsum("oc,cbs->obs", w[:, chans, a, b], stack)
+        acc = acc + masks[(a, b)] * np.einsum("oc,cbs->obs", w[:, chans, a, b], stack)
         depth = max([depth] + [copies[(c, a, b)].depth + 1 for c in chans])
     sim.count("mul_plain", c_out * len(copies))
     sim.count("adds", c_out * (len(copies) - 1))
-    if bias is not None:
-        plain = np.zeros((c_out, sim.slots))
-        plain[:, ref.reshape(-1)] = bias.detach().double().cpu().numpy()[:, None]
+    if bias_plain is not None:
         sim.count("adds", c_out)
-        acc = acc + plain[:, None, :]
-    outs = [Ciphertext(sim, acc[o], depth) for o in range(c_out)]
-    return Packed(outs, np.arange(c_out), np.broadcast_to(ref, (c_out, height, width)).copy())
+        acc = acc + bias_plain[:, None, :]
+    return [Ciphertext(sim, acc[o], depth) for o in range(c_out)]
 
 
 def square(packed: Packed) -> Packed:

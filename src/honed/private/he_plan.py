@@ -51,7 +51,7 @@ def linear_steps(model: nn.Sequential, plan: Plan) -> list[tuple[int, str, str, 
 class _State:
     """The packed activation plus what the next layer needs to know about its layout."""
 
-    def __init__(self, sim: hp.SlotSimulator, x: np.ndarray):
+    def __init__(self, sim: hp.OpCounter, x: np.ndarray):
         self.sim, self.x = sim, x
         self.packed: hp.Packed | None = None
         self.pending: tuple[int, int] | None = None  # (n, G) of an uncompacted DensePack output
@@ -122,11 +122,13 @@ def _check_conv(conv: nn.Conv2d) -> None:
         raise InputError("encrypted_forward evaluates stride-1, square, 'same'-padded convolutions only")
 
 
-def encrypted_forward(model: nn.Sequential, x: torch.Tensor, plan: Plan,
-                      slots: int = 4096) -> tuple[np.ndarray, hp.SlotSimulator, dict]:
+def encrypted_forward(model: nn.Sequential, x: torch.Tensor, plan: Plan, slots: int = 4096,
+                      backend: hp.OpCounter | None = None) -> tuple[np.ndarray, hp.OpCounter, dict]:
     """FFConv (arXiv:2102.03494) encrypted-style inference: images x (B, C, H, W) float -> (logits
-    (B, classes) float64, the simulator holding per-section op counts, info {client_ciphertexts,
-    max_ciphertexts, depth}). Counts are per image (the batch runs in lockstep)."""
+    (B, classes) float64, the backend holding per-section op counts, info {client_ciphertexts,
+    max_ciphertexts, depth}). ``backend`` None: a fresh :class:`~honed.private.he_packing.SlotSimulator`
+    of ``slots`` slots (counts are per image; the batch runs in lockstep); or a fresh backend with the
+    simulator's interface, e.g. :class:`~honed.private.he_ckks.CKKSBackend` (real CKKS, one image)."""
     if plan not in PLANS:
         raise InputError(f"plan must be one of {PLANS}, got {plan!r}")
     if not isinstance(model, nn.Sequential):
@@ -135,7 +137,7 @@ def encrypted_forward(model: nn.Sequential, x: torch.Tensor, plan: Plan,
                          "in nn.Sequential")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not torch.isfinite(x).all():
         raise InputError(f"encrypted_forward needs finite images (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
-    sim = hp.SlotSimulator(slots)
+    sim = hp.SlotSimulator(slots) if backend is None else backend
     state = _State(sim, x.detach().double().cpu().numpy())
     steps = linear_steps(model, plan)
     by_layer: dict[int, list] = {}
