@@ -14,10 +14,11 @@ def test_average_precision_matches_hand_computed_ranking():
     assert average_precision(scores, relevant) == pytest.approx(expected)
 
 
-def test_mean_average_precision_averages_queries_and_ties_keep_index_order():
+def test_mean_average_precision_averages_queries_and_ties_share_a_threshold():
     scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.5, 1.0]])
-    relevant = torch.tensor([[False, True, False], [True, False, False]])
-    # query 0: tie -> index 0 first, relevant at rank 2 -> 1/2; query 1: relevant last -> 1/3
+    relevant = torch.tensor([[True, False, False], [True, False, False]])
+    # query 0: the relevant item ties with an irrelevant one at the top -> precision 1/2 whichever comes
+    # first; query 1: relevant last -> 1/3
     assert mean_average_precision(scores, relevant) == pytest.approx((1 / 2 + 1 / 3) / 2)
 
 

@@ -9,6 +9,9 @@ same shape clamped to [0, 1]; s = 0 returns x unchanged. Randomness comes only f
 Severity tables are ours (the CIFAR-C constants were written for 32x32 natural images): spatial ones are
 given for 32-pixel images and scaled with H / 32; noise levels are larger than CIFAR-C's because
 digits are near-binary and high-contrast. Each table grows with s, so the mean distortion does too.
+The JPEG corruption is a block-DCT quantisation written here rather than Pillow's encoder (which
+CIFAR-C calls): Pillow needs 8-bit images one at a time on the CPU, while this one stays float, batched
+and on the input's device; it is JPEG-like, not JPEG.
 """
 import math
 from typing import Callable

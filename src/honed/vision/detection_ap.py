@@ -6,6 +6,8 @@ highest scores first, as pycocotools' COCOeval keeps them), each is matched to t
 IoU >= t (COCO's rule), precision is made monotone from the right and sampled at the 101 recall points
 0, 0.01, ..., 1. AP is averaged over the classes that have ground truth. No crowd or area ranges.
 On the same detections it equals pycocotools' COCOeval (area range "all"), which the tests use as oracle.
+Why not COCOeval at run time: it needs the boxes as COCO json structures (image / category / annotation
+ids), prints while it evaluates, and is only in the ``dev`` extra; this module takes tensors per image.
 """
 from dataclasses import dataclass
 

@@ -1,6 +1,7 @@
 """Instance-search metrics of the DASR reproduction (arXiv:2002.00185): retrieval average precision and
 localisation recall at an IoU threshold (boxes xyxy, IoU from :func:`honed.vision.detection_ap.box_iou`)."""
 import torch
+from sklearn.metrics import average_precision_score
 
 from honed.core.errors import InputError
 from honed.vision.detection_ap import box_iou
@@ -8,17 +9,15 @@ from honed.vision.detection_ap import box_iou
 
 def average_precision(scores: torch.Tensor, relevant: torch.Tensor) -> float:
     """Retrieval AP (DASR evaluation, arXiv:2002.00185) of one query: database items ranked by falling
-    ``scores`` (N,) (ties: lower index first); AP = mean over the relevant items (``relevant`` (N,) bool,
-    at least one True) of the precision at their rank."""
+    ``scores`` (N,); AP = mean over the relevant items (``relevant`` (N,) bool, at least one True) of the
+    precision at their rank (scikit-learn's ``average_precision_score``: tied scores share one rank
+    threshold, so the result does not depend on the items' order)."""
     if scores.shape != relevant.shape or scores.dim() != 1 or torch.isnan(scores).any():
         raise InputError("scores and relevant must be (N,) tensors of one shape, scores without NaN")
     n_rel = int(relevant.sum())
     if n_rel == 0:
         raise InputError("a query needs at least one relevant item")
-    order = torch.sort(scores, descending=True, stable=True).indices
-    hits = relevant[order].double()
-    precision_at = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
-    return float((precision_at * hits).sum() / n_rel)
+    return float(average_precision_score(relevant.cpu().numpy(), scores.detach().double().cpu().numpy()))
 
 
 def mean_average_precision(scores: torch.Tensor, relevant: torch.Tensor) -> float:
