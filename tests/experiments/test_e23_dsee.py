@@ -24,3 +24,31 @@ def test_negation_rows_label_is_word_polarity_flipped_by_not():
 def test_unknown_corpus_is_a_config_error():
     with pytest.raises(ConfigError, match="corpus"):
         DSEEConfig(corpus="imdb").validate()
+
+
+def test_trimmed_drops_only_padding_columns():
+    import torch
+
+    from honed.experiments.e23_dsee import trimmed
+
+    ids = torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    short_ids, short_mask = trimmed(ids, mask)
+    assert short_ids.tolist() == [[5, 6], [7, 0]] and short_mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_correct_per_sentence_keeps_test_order_across_length_sorted_batches():
+    import torch
+
+    from honed.experiments.e23_dsee import correct_per_sentence
+
+    class FirstTokenParity(torch.nn.Module):  # predicts class = first token id % 2
+        def forward(self, ids, mask):
+            return torch.nn.functional.one_hot(ids[:, 0] % 2, 2).float()
+
+    lengths = [3, 1, 4, 2, 1]
+    ids = torch.tensor([[10 + i] + [1] * 3 for i in range(5)])
+    mask = torch.tensor([[1] * n + [0] * (4 - n) for n in lengths])
+    y = torch.tensor([0, 0, 0, 1, 1])  # first tokens 10..14 -> parity 0 1 0 1 0
+    got = correct_per_sentence(FirstTokenParity(), {"input_ids": ids, "attention_mask": mask, "y": y}, batch=2)
+    assert got == [1.0, 0.0, 1.0, 1.0, 0.0]

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
+                                   register_experiment)
 from honed.core.measure import median_latency
 from honed.core.seed import torch_threads
 
@@ -29,17 +30,20 @@ POSITIVE = ("good", "great", "pleasant", "excellent", "enjoyable", "lovely", "fi
 NEGATIVE = ("bad", "awful", "boring", "terrible", "poor", "dull", "horrible", "disappointing")
 ADVERBS = ("", "really ", "very ", "quite ", "truly ", "at all ")
 CORPORA = ("tweets", "bbcnews", "negation")
+PROBE_MARGIN = 0.02  # the card's "clear margin" over the probe, read as more than its 2-point tolerance
 
 
 @dataclass(frozen=True)
 class DSEEConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset (one seed; real MiniLM training dominates the budget)."""
+    """Defaults are the ``small`` preset: 2 seeds x 1,500 test tweets so the paired intervals of the
+    card's 2-point bounds can decide (600 test sentences and one seed could not); real MiniLM training
+    and evaluation dominate the budget (batches are trimmed to their longest sentence)."""
 
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1)
     tiny_encoder: bool = False  # random 2-layer encoder: smoke preset only, not pretrained
     corpus: str = "tweets"
     train_size: int = 1200
-    test_size: int = 600
+    test_size: int = 1500
     max_seq_len: int = 48
     batch_size: int = 16
     steps: int = 100
@@ -57,9 +61,17 @@ class DSEEConfig(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> "DSEEConfig":
-        return replace(cls(), threads=1, tiny_encoder=True, train_size=64, test_size=48, max_seq_len=24, steps=3,
+        return replace(cls(), seeds=(0,), threads=1, tiny_encoder=True, train_size=64, test_size=48, max_seq_len=24, steps=3,
                        retune_steps=2,
                        sparse_n=16, heads_pruned_per_layer=1)
+
+    @classmethod
+    def full(cls) -> "DSEEConfig":
+        """5 seeds, 3x the training and re-tuning steps, 3,000 test tweets: the small run leaves three of the
+        2-point claims inconclusive because seeds of 100 steps differ by a few points. Expected cost: under
+        7.5x the small preset (per seed at most 3x: 3x the training steps, 2x the evaluation; times 5/2
+        seeds) - an upper-bound estimate, not a measurement."""
+        return replace(cls(), seeds=(0, 1, 2, 3, 4), steps=300, retune_steps=90, test_size=3000)
 
     def validate(self) -> None:
         for name in ("train_size", "test_size", "steps", "batch_size", "rank"):
@@ -124,22 +136,41 @@ def train_steps(model: torch.nn.Module, data: dict[str, torch.Tensor], steps: in
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(data["y"]), (batch_size,), generator=gen)
-        loss = F.cross_entropy(model(data["input_ids"][idx], data["attention_mask"][idx]), data["y"][idx])
+        loss = F.cross_entropy(model(*trimmed(data["input_ids"][idx], data["attention_mask"][idx])), data["y"][idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
 
+def trimmed(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns beyond the batch's longest sentence (masked positions change nothing)."""
+    width = max(1, int(mask.sum(1).max()))
+    return ids[:, :width], mask[:, :width]
+
+
 @torch.no_grad()
-def measure(model: torch.nn.Module, test: dict[str, torch.Tensor], dense_macs: int | None) -> dict[str, float]:
+def correct_per_sentence(model: torch.nn.Module, test: dict[str, torch.Tensor], batch: int = 64) -> list[float]:
+    """1.0 / 0.0 per test sentence in test order (evaluated in length-sorted, trimmed batches)."""
+    model.eval()
+    order = torch.argsort(test["attention_mask"].sum(1))
+    hits = torch.empty(len(order))
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        logits = model(*trimmed(test["input_ids"][idx], test["attention_mask"][idx]))
+        hits[idx] = (logits.argmax(1) == test["y"][idx]).float().cpu()
+    return hits.tolist()
+
+
+@torch.no_grad()
+def measure(model: torch.nn.Module, test: dict[str, torch.Tensor], dense_macs: int | None) -> dict[str, Any]:
     from honed.compress.dsee import sparse_linear_macs, trainable_fraction
 
     model.eval()
-    acc = (model(test["input_ids"], test["attention_mask"]).argmax(1) == test["y"]).float().mean().item()
+    correct = correct_per_sentence(model, test)  # per sentence: paired intervals
     tokens = int(test["attention_mask"][:16].sum())
     macs = sparse_linear_macs(model, tokens)
     latency = median_latency(model, (test["input_ids"][:16], test["attention_mask"][:16]), repeats=9, warmup=2)
-    return {"test_acc": acc, "trainable_frac": trainable_fraction(model), "linear_macs": float(macs),
+    return {"test_acc": correct, "trainable_frac": trainable_fraction(model), "linear_macs": float(macs),
             "linear_macs_saved": 0.0 if dense_macs is None else 1 - macs / dense_macs, "latency_ms": 1e3 * latency}
 
 
@@ -172,9 +203,11 @@ class DSEEExperiment(Experiment):
                      "small preset: 100 steps (batch 16) per arm and 30 re-tune steps, lr 1e-3 for adapters, "
                      "1e-4 full fine-tuning (chosen for CPU time, not tuned on test accuracy)",
                      "real tweets (3-way sentiment) instead of the card's synthetic templates, on which every "
-                     "tuned arm reached 100% (corpus='negation' keeps them)")
+                     "tuned arm reached 100% (corpus='negation' keeps them)",
+                     "'a clear margin' over the linear probe read as more than 2 points (PROBE_MARGIN; the card "
+                     "gives no number, and 2 points is its own tolerance for 'comparable')")
     claims_tested = ("DSEE < 2% trainable parameters", "DSEE within 2 pts of full fine-tuning",
-                     "DSEE >= LoRA - 0.5 pt", "DSEE above the linear probe",
+                     "DSEE >= LoRA - 0.5 pt", "DSEE above the linear probe by > 2 pts",
                      "p=0.3 pruned within 2 pts of unpruned DSEE", "3/12 heads pruned: <= 3 pts loss")
 
     def run_seed(self, cfg: DSEEConfig, seed: int, ctx: Any) -> SeedOutput:
@@ -191,8 +224,9 @@ class DSEEExperiment(Experiment):
         for arm in ("dsee_pruned", "dsee_heads"):
             arms[arm] = ctx.cached(arm, lambda arm=arm: self.pruned_arm(setup, arm, ctx.dir))
         encoder = "tiny random BERT (smoke only)" if cfg.tiny_encoder else "all-MiniLM-L6-v2"
-        return SeedOutput(arms={a: {k: float(v) for k, v in m.items()} for a, m in arms.items()},
-                          extra={"encoder": encoder, "corpus": cfg.corpus, "classes": classes})
+        majority = max(test["y"].bincount().tolist()) / len(test["y"])
+        return SeedOutput(arms=arms, extra={"encoder": encoder, "corpus": cfg.corpus, "classes": classes,
+                                            "majority_share": majority})
 
     @staticmethod
     def dense_macs(cfg: DSEEConfig, seed: int, pretrained: torch.nn.Module, classes: int,
@@ -234,20 +268,36 @@ class DSEEExperiment(Experiment):
         return {**measure(model, setup["test"], setup["dense_macs"]), "train_s": time.perf_counter() - start}
 
     def claims(self, cfg: DSEEConfig, result: Any) -> list[Claim]:
-        m = result.mean
+        m = result.metric
+        acc = lambda arm: m(arm, "test_acc")  # noqa: E731
+        fit = lambda *arms: tuple(f"{a} above chance" for a in arms)  # noqa: E731
         return [
-            Claim.check("dsee_trainable_frac", m("dsee", "trainable_frac"), "<", 0.02, "card: < 2% trainable params"),
-            Claim.check("dsee_minus_full_acc", m("dsee", "test_acc") - m("full", "test_acc"), ">=", -0.02,
-                        "card: DSEE within ~2 pts of full fine-tuning"),
-            Claim.check("dsee_minus_lora_acc", m("dsee", "test_acc") - m("lora", "test_acc"), ">=", -0.005,
-                        "card: DSEE >= LoRA - 0.5"),
-            Claim.check("dsee_minus_probe_acc", m("dsee", "test_acc") - m("probe", "test_acc"), ">", 0.0,
-                        "card: above the linear probe by a clear margin"),
-            Claim.check("pruned_minus_dsee_acc", m("dsee_pruned", "test_acc") - m("dsee", "test_acc"), ">=", -0.02,
-                        "card: p=0.3 pruned model within ~2 pts of unpruned DSEE"),
-            Claim.check("heads_minus_dsee_acc", m("dsee_heads", "test_acc") - m("dsee", "test_acc"), ">=", -0.03,
-                        "card: head pruning <= 3 pts loss (paper: ~35% inference FLOPs saved)"),
+            Claim.check("dsee - full test acc", acc("dsee") - acc("full"), ">=", -0.02,
+                        "card: DSEE within ~2 pts of full fine-tuning", metric="test_acc",
+                        requires=fit("dsee", "full")),
+            Claim.check("dsee - lora test acc", acc("dsee") - acc("lora"), ">=", -0.005, "card: DSEE >= LoRA - 0.5",
+                        metric="test_acc", requires=fit("dsee", "lora")),
+            Claim.check("dsee - probe test acc", acc("dsee") - acc("probe"), ">", PROBE_MARGIN,
+                        "card: above the linear probe by a clear margin; read as more than the card's own 2-point "
+                        "'comparable' tolerance (a gap within it would count as comparable)", metric="test_acc",
+                        requires=fit("dsee", "probe")),
+            Claim.check("dsee_pruned - dsee test acc", acc("dsee_pruned") - acc("dsee"), ">=", -0.02,
+                        f"card: p={cfg.prune_ratio} pruned model within ~2 pts of unpruned DSEE", metric="test_acc",
+                        requires=fit("dsee")),
+            Claim.check("dsee_heads - dsee test acc", acc("dsee_heads") - acc("dsee"), ">=", -0.03,
+                        "card: head pruning (3/12 per layer) <= 3 pts loss (paper: ~35% inference FLOPs saved)",
+                        metric="test_acc", requires=fit("dsee")),
         ]
+
+    def preconditions(self, cfg: DSEEConfig, result: Any) -> list[Precondition]:
+        # chance = always predicting the test split's majority class; an arm near it compares nothing
+        majority = result.extra["majority_share"]["mean"]
+        return arms_above_chance(result, ("probe", "full", "lora", "dsee"), "test_acc", majority, 0.05)
+
+    def invariants(self, cfg: DSEEConfig, result: Any) -> list[Invariant]:
+        return [Invariant.check("dsee trainable fraction", result.mean("dsee", "trainable_frac"), "<", 0.02,
+                                "card: < 2% trainable parameters; fixed by r, N and the layer shapes "
+                                "(r (d_in + d_out) + N per Q/V matrix, plus the head), not by training")]
 
     def notes(self, cfg: DSEEConfig, result: Any) -> list[str]:
         m = result.mean
@@ -256,7 +306,9 @@ class DSEEExperiment(Experiment):
                 f"(paper: ~35% inference FLOPs); median latency ms: dsee {m('dsee', 'latency_ms'):.1f}, "
                 f"pruned {m('dsee_pruned', 'latency_ms'):.1f} (dense kernels: unstructured zeros do not speed up), "
                 f"heads {m('dsee_heads', 'latency_ms'):.1f}",
-                f"encoder: {result.extra.get('encoder', {}).get('values')}"] + self.ceiling_note(result)
+                f"encoder: {result.extra.get('encoder', {}).get('values')}; test accuracy (mean over seeds): "
+                + ", ".join(f"{a} {m(a, 'test_acc'):.4f}" for a in self.baselines + self.method)
+                + f"; majority-class share {result.extra['majority_share']['mean']:.4f}"] + self.ceiling_note(result)
 
     @staticmethod
     def ceiling_note(result: Any) -> list[str]:
