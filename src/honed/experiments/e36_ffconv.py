@@ -58,9 +58,10 @@ class FFConvConfig(ExperimentConfig):
     ``ckks_edge_bits`` primes (218 bits: 128-bit security at N = 8192); a plan deeper than the chain gets
     client-aided refreshes. ``ckks_max_rel_err`` bounds max |CKKS - torch logit| / max |torch logit| per
     image for the fidelity preconditions. Small: one image per seed, 5 images in all (measured on the
-    shared 2-core machine at load ~10: about 2 min of the run per seed, the TenSEAL peer the largest
-    part). ``full`` encrypts 4 images per seed (an estimate from the same per-image times: about 4x the
-    small run's CKKS part)."""
+    shared 2-core machine at load ~10: the whole small run took 828 s, of it about 2.5 min per seed on
+    CKKS - per image about 66 s for the TenSEAL peer, 43 s all-ConvPack, 12 s all-DensePack, 7 s FFConv).
+    ``full`` encrypts 4 images per seed: an estimate from those per-image times, about 4x the small
+    run's CKKS part."""
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
