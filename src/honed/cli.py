@@ -60,6 +60,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "RANK" in os.environ:  # under torchrun: rank 0 runs the command, the other ranks serve its DDP workers
+        from honed.distributed.launch import torchrun_main, torchrun_rank
+
+        if torchrun_rank() is not None:
+            return torchrun_main(lambda: run_command(argv))
+    return run_command(argv)
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command; every error becomes one line and an exit code."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # usage errors (one line, code 2) and --help (code 0)

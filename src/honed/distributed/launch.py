@@ -11,6 +11,12 @@ Each worker: joins a fresh gloo group on 127.0.0.1 and a free port, calls ``torc
 (1 by default: small CPUs), runs ``fn(rank, world_size, *args)``, writes its return value (pickled) to
 a temporary file, then ends with ``sys.stdout.flush(); dist.destroy_process_group(); os._exit(code)``:
 on torch 2.13 gloo workers that exit normally often die with SIGABRT at interpreter exit.
+
+Under torchrun (``torchrun --nproc_per_node 2 -m honed.cli run 18-terngrad ...``, or several nodes with a
+rendezvous endpoint) torchrun has started the processes: :func:`torchrun_main` makes rank 0 run the
+command (it alone reads and writes the runs folder) while every other rank waits, and each
+``run_workers`` call of rank 0 sends ``fn`` and its arguments to the other ranks, runs its own share and
+gathers their values: the same list a local launch returns, from processes on every node.
 """
 import os
 import pickle
@@ -113,6 +119,8 @@ def run_workers(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (
         raise InputError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
     if not callable(fn):
         raise InputError(f"fn must be callable, got {type(fn).__name__}")
+    if torchrun_rank() is not None:
+        return _run_in_torchrun_group(fn, world_size, tuple(args), threads_per_worker)
     for attempt in range(RENDEZVOUS_ATTEMPTS):
         try:
             return _run_once(fn, world_size, args, timeout_s, threads_per_worker, start_method)
@@ -142,3 +150,75 @@ def _run_once(fn: Callable[..., Any], world_size: int, args: Sequence[Any], time
         except mp.ProcessRaisedException as err:
             raise WorkerError(f"worker {err.error_index} failed: {err}") from None
         return _collect(Path(tmp), world_size, crash)
+
+
+# ----------------------------------------------------------------------------- under torchrun
+
+TORCHRUN_TIMEOUT = timedelta(hours=24)  # ranks > 0 wait this long for rank 0's next call (or its end)
+
+
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun (or another ``env://`` launcher) started it, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        return int(os.environ["RANK"])
+    return None
+
+
+def torchrun_main(command: Callable[[], int]) -> int:
+    """Run a honed command under torchrun: rank 0 runs ``command()``; the other ranks serve its
+    ``run_workers`` calls until it ends. Every rank then leaves with ``os._exit`` (see the module note);
+    a failed rank 0 leaves at once, and torchrun ends the other ranks."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=TORCHRUN_TIMEOUT)
+    code = 1
+    try:
+        if dist.get_rank() == 0:
+            code = command()
+            if code == 0:
+                dist.broadcast_object_list([None], src=0)  # tells the other ranks the command is over
+        else:
+            code = _serve_rank_zero()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code == 0:
+            dist.destroy_process_group()
+        os._exit(code)
+
+
+def _serve_rank_zero() -> int:
+    """Ranks > 0: run each ``(fn, world_size, args, threads)`` rank 0 sends, until it sends None."""
+    from honed.core.seed import torch_threads
+
+    while True:
+        call = [None]
+        dist.broadcast_object_list(call, src=0)
+        if call[0] is None:
+            return 0
+        fn, world_size, args, threads = call[0]
+        try:
+            with torch_threads(threads):
+                record = ("ok", fn(dist.get_rank(), world_size, *args))
+        except Exception as err:
+            record = ("error", f"{type(err).__name__}: {err}", traceback.format_exc())
+        dist.gather_object(record, None, dst=0)
+
+
+def _run_in_torchrun_group(fn: Callable[..., Any], world_size: int, args: tuple, threads: int) -> list[Any]:
+    """Rank 0 under torchrun: send the call to every rank, run rank 0's share, gather the values."""
+    from honed.core.seed import torch_threads
+
+    if not dist.is_initialized():
+        raise WorkerError("under torchrun, run honed commands through honed's CLI (torchrun_main)")
+    if world_size != dist.get_world_size():
+        raise InputError(f"this call needs {world_size} workers but torchrun started {dist.get_world_size()}: "
+                         f"start it with that many processes in all, or configure {dist.get_world_size()}")
+    dist.broadcast_object_list([(fn, world_size, args, threads)], src=0)
+    with torch_threads(threads):
+        records = [("ok", fn(0, world_size, *args))]  # an error here ends rank 0, and torchrun the rest
+    gathered: list[Any] = [None] * world_size
+    dist.gather_object(records[0], gathered, dst=0)
+    for rank, record in enumerate(gathered):
+        if record[0] == "error":
+            raise WorkerError(f"worker {rank} of {world_size} failed: {record[1]}\n{record[2]}")
+    return [record[1] for record in gathered]
