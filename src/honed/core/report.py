@@ -226,7 +226,9 @@ def render_markdown(entries: dict[str, RunEntry], root: Path) -> str:
         parts += markdown_section(e, root)
     last = reproduce_line(root)
     parts += ["## The last `honed reproduce`", "", last, ""] if last else []
-    return "\n".join(parts)
+    from honed.core.bench_report import performance_markdown
+
+    return "\n".join(parts + performance_markdown())
 
 
 def reproduce_line(root: Path) -> str:
@@ -308,7 +310,9 @@ def render_html(entries: dict[str, RunEntry]) -> str:
             parts.append(f"<h2>{html.escape(e.id)}</h2><p>No finished result: {html.escape(e.problem)}</p>")
             continue
         parts += html_section(e)
-    return "\n".join(parts)
+    from honed.core.bench_report import performance_html
+
+    return "\n".join(parts + performance_html())
 
 
 SVG_COLOURS = {"holds": "#080", "fails": "#b00", "inconclusive": "#a60"}
