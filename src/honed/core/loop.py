@@ -100,44 +100,53 @@ def _dispatch(callbacks: Iterable[Callback]) -> dict[str, list[Callable]]:
     return table
 
 
-def _chunks(x: torch.Tensor, y: torch.Tensor, ghost_size: int | None):
-    if not ghost_size or ghost_size >= len(x):
-        return [(x, y)]
-    return list(zip(x.split(ghost_size), y.split(ghost_size)))
-
-
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
                hooks: dict[str, list[Callable]], ghost_size: int | None = None) -> torch.Tensor:
     """One optimizer step on batch (x, y); returns the batch's mean loss as a detached tensor
     (kept as a tensor so the hot path does not synchronise on ``.item()`` every step)."""
-    model, optimizer = state.model, state.optimizer
+    optimizer = state.optimizer
     for fn in hooks["on_step_start"]:
         fn(state)
     optimizer.zero_grad(set_to_none=True)
-    chunks = _chunks(x, y, ghost_size)
-    losses = []
-    for i, (cx, cy) in enumerate(chunks):
-        state.x, state.y = cx, cy
-        for fn in hooks["on_batch_start"]:
-            fn(state)
-        sync_off = len(chunks) > 1 and i < len(chunks) - 1 and hasattr(model, "no_sync")
-        ctx = model.no_sync() if sync_off else _nullcontext
-        with ctx:
-            loss = loss_fn(model(state.x), state.y)
-            (loss if len(chunks) == 1 else loss * (len(cx) / len(x))).backward()
-        state.loss = loss
-        losses.append(loss.detach())
-        for fn in hooks["after_backward"]:
-            fn(state)
+    if not ghost_size or ghost_size >= x.shape[0]:
+        batch_loss = _chunk_step(state, x, y, loss_fn, hooks, None)
+    else:
+        batch_loss = _ghost_steps(state, x, y, loss_fn, hooks, ghost_size)
     for fn in hooks["before_step"]:
         fn(state)
     optimizer.step()
     state.step += 1
     for fn in hooks["after_step"]:
         fn(state)
-    if len(losses) == 1:
-        return losses[0]
-    return sum(l * len(c[0]) for l, c in zip(losses, chunks)) / len(x)
+    return batch_loss
+
+
+def _chunk_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                hooks: dict[str, list[Callable]], weight: float | None) -> torch.Tensor:
+    """Forward and backward of one chunk (the whole batch when ``weight`` is None, else its loss is
+    scaled by ``weight`` = chunk / batch size before backward); returns the chunk's detached loss."""
+    state.x, state.y = x, y
+    for fn in hooks["on_batch_start"]:
+        fn(state)
+    loss = loss_fn(state.model(state.x), state.y)
+    (loss if weight is None else loss * weight).backward()
+    state.loss = loss
+    for fn in hooks["after_backward"]:
+        fn(state)
+    return loss.detach()
+
+
+def _ghost_steps(state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+                 hooks: dict[str, list[Callable]], ghost_size: int) -> torch.Tensor:
+    """Ghost-batch chunks of (x, y), each its own forward and backward (DDP gradient sync only on the
+    last chunk); returns the batch's mean loss."""
+    chunks = list(zip(x.split(ghost_size), y.split(ghost_size)))
+    model, n, total = state.model, x.shape[0], 0.0
+    for i, (cx, cy) in enumerate(chunks):
+        sync_off = i < len(chunks) - 1 and hasattr(model, "no_sync")
+        with (model.no_sync() if sync_off else _nullcontext):
+            total = total + _chunk_step(state, cx, cy, loss_fn, hooks, cx.shape[0] / n) * cx.shape[0]
+    return total / n
 
 
 class _NullContext:
@@ -187,10 +196,12 @@ def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimiz
                 data.set_epoch(epoch)
             model.train()
             batch_losses: list[tuple[torch.Tensor, int]] = []
+            info = f"epoch {epoch + 1}/{epochs}"
             for x, y in data:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                batch_losses.append((train_step(state, x, y, loss_fn, hooks, ghost_size), len(x)))
-                bar.advance(info=f"epoch {epoch + 1}/{epochs}")
+                if x.device != device or y.device != device:  # .to() on the same device still costs a call
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                batch_losses.append((train_step(state, x, y, loss_fn, hooks, ghost_size), x.shape[0]))
+                bar.advance(info=info)
                 if state.stop:
                     break
             count = sum(n for _, n in batch_losses)

@@ -1,0 +1,116 @@
+"""Side-by-side speed measurements and the result files of ``benchmarks/bench_*.py`` (issue 15).
+
+A benchmark times two or more callables in one run, alternating their order every round so that a
+drifting machine load hits all of them alike, on two clocks: wall time (what a user waits) and this
+process's CPU time (what the code costs; on a loaded shared machine the wall clock also measures the
+neighbours). A ratio is the median over rounds of the per-round ratio, reported with its quartiles.
+
+Each target is written to ``benchmarks/results/<name>.json`` in one stable shape, read by the report::
+
+    {"name", "ratio", "target", "comparison" ("<=" or ">="), "holds", "unit", "measured_on", "date",
+     "notes", "details"}
+
+``measured_on`` names the machine, torch, the thread count and the load average at the time.
+"""
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from honed.core.atomic import atomic_write_json
+from honed.core.errors import ConfigError
+from honed.core.measure import synchronize
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+COMPARISONS = ("<=", ">=")
+RESULT_KEYS = ("name", "ratio", "target", "comparison", "holds", "unit", "measured_on", "date", "notes", "details")
+
+
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                      device: torch.device | str | None = None) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each ``calls[name]()`` per round on every clock (``{name: {"wall": [...], "cpu": [...]}}``);
+    the calls take turns every round, the order reversed on odd rounds; the device is synchronised
+    around each call."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: {clock: [] for clock in CLOCKS} for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            synchronize(device)
+            start = {clock: read() for clock, read in CLOCKS.items()}
+            calls[name]()
+            synchronize(device)
+            for clock, read in CLOCKS.items():
+                times[name][clock].append(read() - start[clock])
+    return times
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles, min and max of ``values``."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q25": q[0], "q75": q[2], "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Spread of the per-round ratios ``numerator[i] / denominator[i]`` (paired rounds)."""
+    return spread([a / b for a, b in zip(numerator, denominator)])
+
+
+def ratios_by_clock(times: dict[str, dict[str, list[float]]], numerator: str, denominator: str) -> dict[str, dict]:
+    """``{clock: paired_ratio(times[numerator][clock], times[denominator][clock])}``."""
+    return {clock: paired_ratio(times[numerator][clock], times[denominator][clock]) for clock in CLOCKS}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return []
+
+
+def measured_on(threads: int | None = None, device: str = "cpu") -> dict:
+    """The machine facts a reader needs to judge a timing."""
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(terse=True), "python": platform.python_version(),
+            "torch": torch.__version__, "device": device, "threads": threads or torch.get_num_threads(),
+            "load_average": load_average()}
+
+
+def holds(ratio: float | None, target: float, comparison: str) -> bool:
+    if ratio is None:
+        return False
+    return ratio <= target if comparison == "<=" else ratio >= target
+
+
+def write_result(name: str, ratio: float | None, target: float, comparison: str, unit: str, notes: str,
+                 details: dict | None = None, threads: int | None = None, folder: Path | None = None) -> dict:
+    """Write ``<folder>/<name>.json`` (default ``$HONED_BENCHMARKS`` or ``benchmarks/results``) in the stable shape, print its
+    one-line summary (ratio next to target, load average) and return the record."""
+    if comparison not in COMPARISONS:
+        raise ConfigError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
+    record = {"name": name, "ratio": ratio, "target": target, "comparison": comparison,
+              "holds": holds(ratio, target, comparison), "unit": unit, "measured_on": measured_on(threads),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "notes": notes, "details": details or {}}
+    folder = Path(folder) if folder is not None else Path(os.environ.get("HONED_BENCHMARKS", "benchmarks/results"))
+    atomic_write_json(folder / f"{name}.json", json.loads(json.dumps(record, default=float)))
+    print(summary_line(record))
+    return record
+
+
+def summary_line(record: dict) -> str:
+    ratio = "-" if record["ratio"] is None else f"{record['ratio']:.3f}"
+    verdict = "holds" if record["holds"] else "does NOT hold"
+    load = "/".join(f"{x:.1f}" for x in record["measured_on"]["load_average"]) or "n/a"
+    return (f"[{record['name']}] {ratio} {record['unit']} (target {record['comparison']} {record['target']}) -> "
+            f"{verdict}; load average {load} on {record['measured_on']['cpu_count']} CPUs")
