@@ -23,6 +23,7 @@ from honed.core.atomic import atomic_write_json, sweep_temp_files
 from honed.core.config import UNHASHED_FIELDS, ExperimentConfig, config_hash, to_dict, validate_config
 from honed.core.errors import CorruptFileError, HonedError, StoreError
 from honed.core.experiment import Experiment, Result, SeedOutput
+from honed.core.progress import bars_allowed
 from honed.core.seed import seed_everything, source_digest, torch_threads
 from honed.core.runtime_ledger import RESTORED_SECONDS, note_restored_seconds
 from honed.core.store import move_aside, read_checked_json, write_checked_json
@@ -253,7 +254,7 @@ def compute_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
     token = RESTORED_SECONDS.set(ledger)
     start = time.perf_counter()
     try:
-        with torch_threads(cfg.threads):
+        with torch_threads(cfg.threads), bars_allowed(progress):
             output = exp.run_seed(cfg, seed, RunContext(seed_dir, device, seed, progress, log))
     finally:
         RESTORED_SECONDS.reset(token)

@@ -20,6 +20,7 @@ from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import (Claim, Experiment, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
+from honed.core.progress import progress_bar
 from honed.models import create_model
 from honed.vision.aerial_tiles import CLASS_NAMES, NUM_CLASSES, AerialDomains, TileSet, make_aerial_domains
 from honed.vision.output_space_uda import OutputSpaceDiscriminator, OutputSpaceUDAStep, poly_learning_rate
@@ -135,21 +136,23 @@ def train_arm(cfg: AerialUDAConfig, domains: AerialDomains, arm: str, seed: int,
     every = max(1, cfg.iterations // CURVE_POINTS)
     curves: dict[str, list[float]] = {"val_miou": [], "seg": [], "disc": []}
     model.train()
-    for it in range(cfg.iterations):
-        for opt, base in ((g_opt, cfg.g_lr), (d_opt, cfg.d_lr)):
-            for group in opt.param_groups:
-                group["lr"] = poly_learning_rate(base, it, cfg.iterations, cfg.poly_power)
-        s_idx = torch.randint(len(labeled), (cfg.batch_size,), generator=gen)
-        t_idx = torch.randint(len(domains.target_train), (cfg.batch_size,), generator=gen)
-        x_t = domains.target_train.x[t_idx] if uses_target else None  # target IMAGES only
-        if arm == CONTROL:
-            terms = joint_source_step(step, labeled.x[s_idx], labeled.y[s_idx], x_t)
-        else:
-            terms = step(labeled.x[s_idx], labeled.y[s_idx], x_t)
-        if (it + 1) % every == 0:
-            curves["val_miou"].append(segmentation_metrics(model, domains.target_val)["miou"])
-            curves["seg"].append(terms["seg"])
-            curves["disc"].append(terms.get("disc", float("nan")))
+    with progress_bar(cfg.iterations, f"08-aerial-uda {arm}") as bar:
+        for it in range(cfg.iterations):
+            for opt, base in ((g_opt, cfg.g_lr), (d_opt, cfg.d_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = poly_learning_rate(base, it, cfg.iterations, cfg.poly_power)
+            s_idx = torch.randint(len(labeled), (cfg.batch_size,), generator=gen)
+            t_idx = torch.randint(len(domains.target_train), (cfg.batch_size,), generator=gen)
+            x_t = domains.target_train.x[t_idx] if uses_target else None  # target IMAGES only
+            if arm == CONTROL:
+                terms = joint_source_step(step, labeled.x[s_idx], labeled.y[s_idx], x_t)
+            else:
+                terms = step(labeled.x[s_idx], labeled.y[s_idx], x_t)
+            if (it + 1) % every == 0:
+                curves["val_miou"].append(segmentation_metrics(model, domains.target_val)["miou"])
+                curves["seg"].append(terms["seg"])
+                curves["disc"].append(terms.get("disc", float("nan")))
+            bar.advance()
     metrics = segmentation_metrics(model, domains.target_test, per_image=True)
     metrics["source_train_miou"] = segmentation_metrics(model, domains.source)["miou"]
     return {"metrics": metrics, "curves": curves}

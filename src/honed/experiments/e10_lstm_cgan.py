@@ -22,6 +22,7 @@ from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import (Claim, Experiment, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
+from honed.core.progress import progress_bar
 from honed.data.shape_captions import (ATTRIBUTE_NAMES, ATTRIBUTES, CaptionedShapes, encode_captions,
                                        make_captioned_shapes, split_combinations, word_vectors)
 from honed.generative.image_metrics import mse_per_image, ssim_per_image
@@ -149,13 +150,15 @@ def fit_arm(cfg: LSTMCGANConfig, arm: str, data: dict, seed: int, device: torch.
         trainer = LSTMCGANTrainer(gen, disc, cfg.lr, cfg.beta1, cfg.g_steps, use_mask=arm == "lstm_cgan",
                                   steps_per_caption=cfg.steps_per_caption, generator=noise)
     order = torch.Generator().manual_seed(seed + 5)
-    for _ in range(cfg.iterations):
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=order).to(device)
-        wrong = images[idx][wrong_image_indices(attrs[idx], noise)]
-        if arm == "gan_int_cls":
-            trainer.step(sentence[idx], images[idx], wrong)
-        else:
-            trainer.step(words[idx], mask[idx], sentence[idx], images[idx], wrong)
+    with progress_bar(cfg.iterations, f"10-lstm-cgan {arm}") as bar:
+        for _ in range(cfg.iterations):
+            idx = torch.randint(len(images), (cfg.batch_size,), generator=order).to(device)
+            wrong = images[idx][wrong_image_indices(attrs[idx], noise)]
+            if arm == "gan_int_cls":
+                trainer.step(sentence[idx], images[idx], wrong)
+            else:
+                trainer.step(words[idx], mask[idx], sentence[idx], images[idx], wrong)
+            bar.advance()
     return gen.eval()
 
 

@@ -25,6 +25,7 @@ import torch
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
+from honed.core.progress import progress_bar
 from honed.data.detection_scenes import CLASSES, DetectionScenes, make_detection_scenes, make_ssod_splits
 from honed.sequence.mean_teacher import ema_update
 from honed.vision.centernet import CenterNet, centernet_loss, centernet_targets, decode_detections, stack_targets
@@ -157,12 +158,14 @@ def burn_in(cfg: CSTConfig, labeled: DetectionScenes, seed: int, device: torch.d
     optimizer = torch.optim.Adam(model.parameters(), cfg.lr)
     sampler, gen = Sampler(len(labeled), cfg.batch_labeled, seed + 1), torch.Generator().manual_seed(seed + 2)
     model.train()
-    for _ in range(cfg.burn_in_iters):
-        x, targets = labeled_batch(labeled, sampler.next(), gen, cfg, device)
-        loss = centernet_loss(model(x), targets)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with progress_bar(cfg.burn_in_iters, "11-cst-ssod burn-in") as bar:
+        for _ in range(cfg.burn_in_iters):
+            x, targets = labeled_batch(labeled, sampler.next(), gen, cfg, device)
+            loss = centernet_loss(model(x), targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.advance()
     return model
 
 
@@ -219,13 +222,15 @@ def train_supervised(cfg: CSTConfig, data: dict, student: CenterNet, seed: int, 
     optimizer = torch.optim.Adam(student.parameters(), cfg.lr)
     sampler, gen = Sampler(len(data["labeled"]), cfg.batch_labeled, seed + 11), torch.Generator().manual_seed(seed + 12)
     student.train()
-    for _ in range(cfg.semi_iters):
-        x, targets = labeled_batch(data["labeled"], sampler.next(), gen, cfg, device)
-        loss = centernet_loss(student(x), targets)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema_update(teacher, student, cfg.ema_decay)
+    with progress_bar(cfg.semi_iters, "11-cst-ssod supervised") as bar:
+        for _ in range(cfg.semi_iters):
+            x, targets = labeled_batch(data["labeled"], sampler.next(), gen, cfg, device)
+            loss = centernet_loss(student(x), targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema_update(teacher, student, cfg.ema_decay)
+            bar.advance()
     return teacher
 
 
@@ -245,12 +250,14 @@ def train_semi(cfg: CSTConfig, data: dict, arm: str, students: list[CenterNet], 
     gens = [torch.Generator().manual_seed(seed + 12 + 100 * k) for k in range(len(students))]
     unlabeled, u_gen = Sampler(len(data["unlabeled"]), cfg.batch_unlabeled, seed + 13), torch.Generator().manual_seed(seed + 14)
     logs = {"pseudo_boxes": [], "mean_weight": [], "unsupervised": []}
-    for _ in range(cfg.semi_iters):
-        batches = [labeled_batch(data["labeled"], s.next(), g, cfg, device) for s, g in zip(samplers, gens)]
-        weak, strong = unlabeled_views(data["unlabeled"], unlabeled.next(), u_gen, cfg, device)
-        log = trainer.step([b[0] for b in batches], [b[1] for b in batches], weak, strong)
-        for key in logs:
-            logs[key].append(sum(log[key]) / len(log[key]))
+    with progress_bar(cfg.semi_iters, f"11-cst-ssod {arm}") as bar:
+        for _ in range(cfg.semi_iters):
+            batches = [labeled_batch(data["labeled"], s.next(), g, cfg, device) for s, g in zip(samplers, gens)]
+            weak, strong = unlabeled_views(data["unlabeled"], unlabeled.next(), u_gen, cfg, device)
+            log = trainer.step([b[0] for b in batches], [b[1] for b in batches], weak, strong)
+            for key in logs:
+                logs[key].append(sum(log[key]) / len(log[key]))
+            bar.advance()
     finite = {k: [v for v in vals if math.isfinite(v)] for k, vals in logs.items()}
     return trainer, {k: (sum(v) / len(v) if v else math.nan) for k, v in finite.items()}
 

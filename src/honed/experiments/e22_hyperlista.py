@@ -19,6 +19,7 @@ from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.evidence import Apply, Stat
 from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
+from honed.core.progress import progress_bar
 from honed.sequence.hyperlista import (ALISTA, FISTA, ISTA, HyperLISTA, analytic_weight, gaussian_sensing_matrix,
                                        generalized_coherence, grid_search_hyperlista, measure, nmse_db,
                                        sample_sparse_signals)
@@ -132,13 +133,15 @@ def train_alista(cfg: HyperLISTAConfig, problem: dict, seed: int) -> dict[str, A
     gen = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.alista_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.alista_steps, eta_min=cfg.alista_lr_end)
-    for _ in range(cfg.alista_steps):
-        idx = torch.randint(0, y.shape[0], (cfg.alista_batch,), generator=gen)
-        loss = ((model(y[idx]) - x[idx]) ** 2).sum(dim=1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    with progress_bar(cfg.alista_steps, "22-hyperlista ALISTA") as bar:
+        for _ in range(cfg.alista_steps):
+            idx = torch.randint(0, y.shape[0], (cfg.alista_batch,), generator=gen)
+            loss = ((model(y[idx]) - x[idx]) ** 2).sum(dim=1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.advance()
     return {**layer_curves(model, problem["tests"]), "final_train_loss": float(loss.detach()),
             "gamma": model.gamma.tolist(), "theta": model.theta.tolist(), "time_s": time.perf_counter() - start}
 

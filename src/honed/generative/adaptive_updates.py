@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.progress import progress_bar
 
 CHOICES = ("D", "G")
 
@@ -221,21 +222,23 @@ def train_gan_updates(generator_net: nn.Module, critic: nn.Module, sample_real: 
             log.evals.append({"update": update, "seconds": log.train_seconds, **evaluate(generator_net)})
 
     run_eval(0)
-    for update in range(1, total_updates + 1):
-        start = time.perf_counter()
-        which = schedule.choose()
-        real = sample_real(batch_size, rng).to(device)
-        z = torch.randn(batch_size, z_dim, generator=rng, device=device)
-        if which == "D":
-            loss_d, loss_g = critic_update(generator_net, critic, opt_d, real, z, lambda_gp, rng)
-        else:
-            loss_g, loss_d = generator_update(generator_net, critic, opt_g, real, z, lambda_gp, rng,
-                                              schedule.needs_both_losses)
-        schedule.observe(which, loss_d, loss_g)
-        decisions.append(which)
-        log.train_seconds += time.perf_counter() - start
-        if eval_every and (update % eval_every == 0) and update != total_updates:
-            run_eval(update)
+    with progress_bar(total_updates, "GAN updates") as bar:
+        for update in range(1, total_updates + 1):
+            start = time.perf_counter()
+            which = schedule.choose()
+            real = sample_real(batch_size, rng).to(device)
+            z = torch.randn(batch_size, z_dim, generator=rng, device=device)
+            if which == "D":
+                loss_d, loss_g = critic_update(generator_net, critic, opt_d, real, z, lambda_gp, rng)
+            else:
+                loss_g, loss_d = generator_update(generator_net, critic, opt_g, real, z, lambda_gp, rng,
+                                                  schedule.needs_both_losses)
+            schedule.observe(which, loss_d, loss_g)
+            decisions.append(which)
+            log.train_seconds += time.perf_counter() - start
+            if eval_every and (update % eval_every == 0) and update != total_updates:
+                run_eval(update)
+            bar.advance()
     run_eval(total_updates)
     log.d_steps, log.g_steps, log.decisions = schedule.d_steps, schedule.g_steps, "".join(decisions)
     log.guard_hits = getattr(schedule, "guard_hits", 0)

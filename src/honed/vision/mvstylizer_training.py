@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.progress import progress_bar
 from honed.vision.meta_upscale import MetaUpscaler
 from honed.vision.mvstylizer import fedavg_modules
 
@@ -52,14 +53,16 @@ def fit_stylizer(model: nn.Module, frames: torch.Tensor, targets: torch.Tensor, 
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
-    for _ in range(steps):
-        x, y = (c.to(device) for c in random_crops(gen, crop, batch, frames, targets))
-        with torch.enable_grad():  # trains even when called under a caller's no_grad
-            loss = F.l1_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    with progress_bar(steps, "fit to stylised targets") as bar:
+        for _ in range(steps):
+            x, y = (c.to(device) for c in random_crops(gen, crop, batch, frames, targets))
+            with torch.enable_grad():  # trains even when called under a caller's no_grad
+                loss = F.l1_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.advance()
     model.eval()
     return losses
 
@@ -88,19 +91,21 @@ def train_meta_upscaler(upscaler: MetaUpscaler, stylizer: Callable, frames: torc
     device = next(upscaler.parameters()).device
     opt = torch.optim.Adam(upscaler.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
-        r = lo + (hi - lo) * float(torch.rand((), generator=gen))
-        (crops,) = random_crops(gen, crop, batch, frames)
-        crops = crops.to(device)
-        low_styled, target, exact = meta_training_pair(stylizer, crops, r)
-        guide = F.interpolate(crops, size=low_styled.shape[-2:], mode="area") if upscaler.guide_channels else None
-        upscaler.train()
-        with torch.enable_grad():
-            loss = F.l1_loss(upscaler(low_styled, exact, guide=guide), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    with progress_bar(steps, "meta-train the upscaler") as bar:
+        for _ in range(steps):
+            r = lo + (hi - lo) * float(torch.rand((), generator=gen))
+            (crops,) = random_crops(gen, crop, batch, frames)
+            crops = crops.to(device)
+            low_styled, target, exact = meta_training_pair(stylizer, crops, r)
+            guide = F.interpolate(crops, size=low_styled.shape[-2:], mode="area") if upscaler.guide_channels else None
+            upscaler.train()
+            with torch.enable_grad():
+                loss = F.l1_loss(upscaler(low_styled, exact, guide=guide), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.advance()
     upscaler.eval()
     return losses
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError
+from honed.core.progress import progress_bar
 from honed.vision.two_stream_space import TwoStreamNet, TwoStreamSpace, arch_macs
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -106,22 +107,24 @@ def search_stage(net: TwoStreamNet, dist: ArchDistribution, train: Iterator[Batc
     gen = gen or torch.Generator().manual_seed(0)
     updates, entropy = 0, []
     net.train()
-    for _ in range(steps):
-        samples = [dist.sample(gen) for _ in range(dist.adaptive_k(*k_range))]
-        for arch, _ in samples:
-            x, y = next(train)
-            loss = F.cross_entropy(net(x, arch), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            updates += 1
-        x, y = next(val)
-        with torch.no_grad():  # batch statistics: the supernet's running stats mix architectures
-            losses = [float(F.cross_entropy(net(x, arch), y)) + flops_penalty(arch_macs(net.space, arch),
-                                                                               target_macs, lam)
-                      for arch, _ in samples]
-        dist.score_function_step([p for _, p in samples], losses, lr_alpha)
-        entropy.append(dist.entropy())
+    with progress_bar(steps, "supernet search") as bar:
+        for _ in range(steps):
+            samples = [dist.sample(gen) for _ in range(dist.adaptive_k(*k_range))]
+            for arch, _ in samples:
+                x, y = next(train)
+                loss = F.cross_entropy(net(x, arch), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                updates += 1
+            x, y = next(val)
+            with torch.no_grad():  # batch statistics: the supernet's running stats mix architectures
+                losses = [float(F.cross_entropy(net(x, arch), y)) + flops_penalty(arch_macs(net.space, arch),
+                                                                                   target_macs, lam)
+                          for arch, _ in samples]
+            dist.score_function_step([p for _, p in samples], losses, lr_alpha)
+            entropy.append(dist.entropy())
+            bar.advance()
     return {"weight_updates": updates, "entropy": entropy}
 
 
