@@ -3,6 +3,7 @@ gives it, installs into a fresh venv and runs `honed list` there; tools/install_
 extra with its --no-deps packages. (The fresh venv borrows this environment's installed dependencies
 through a .pth line, so the test needs no network: `make wheel-check [EXTRA=...]` does the full
 install from the package index into an empty venv.)"""
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -23,13 +24,16 @@ def pyproject() -> dict:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    pytest.importorskip("build", reason="`build` is not installed (dev extra: make install adds it)")
+    try:  # the distribution, not `import build` (a build/ folder in the checkout imports as a namespace)
+        importlib.metadata.version("build")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("`build` is not installed (dev extra: make install adds it)")
     work = tmp_path_factory.mktemp("wheel")
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, work / name)
     proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work / "dist"),
-                           str(work)], capture_output=True, text=True, timeout=300)
+                           str(work)], cwd=work, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (found,) = (work / "dist").glob("honed-*.whl")
     return found
