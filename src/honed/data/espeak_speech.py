@@ -87,7 +87,7 @@ def synthesize(text: str, language: str, sample_rate: int = 16000, speaker: str 
 
 @dataclass(frozen=True)
 class LanguageSpeech:
-    """One language's texts and their waveforms (float32 at ``sample_rate``), train and validation."""
+    """One language's texts and their waveforms (float32 at ``sample_rate``): train, validation and test."""
 
     language: str
     train_texts: tuple[str, ...]
@@ -95,16 +95,18 @@ class LanguageSpeech:
     val_texts: tuple[str, ...]
     val_waves: tuple[np.ndarray, ...]
     sample_rate: int
+    test_texts: tuple[str, ...] = ()
+    test_waves: tuple[np.ndarray, ...] = ()
 
 
 @lru_cache(maxsize=4)
 def espeak_corpus(languages: tuple[str, ...], n_train: int, n_val: int, seed: int = 0,
                   sample_rate: int = 16000, workers: int = 4,
-                  speakers: tuple[str, ...] | None = None) -> tuple[LanguageSpeech, ...]:
-    """Per language, ``n_train`` + ``n_val`` pseudo-words (different words per language and split, from
-    ``seed``) synthesised by espeak-ng (``workers`` processes at a time), each language read by its
-    ``speakers`` variant (one speaker per language, as in CSS10; None = default voices). Kept in memory
-    per arguments."""
+                  speakers: tuple[str, ...] | None = None, n_test: int = 0) -> tuple[LanguageSpeech, ...]:
+    """Per language, ``n_train`` + ``n_val`` + ``n_test`` pseudo-words (different words per language and
+    split, from ``seed``; adding test words leaves the train and validation words unchanged) synthesised
+    by espeak-ng (``workers`` processes at a time), each language read by its ``speakers`` variant (one
+    speaker per language, as in CSS10; None = default voices). Kept in memory per arguments."""
     espeak_binary()
     check_count(n_train, "n_train")
     check_count(n_val, "n_val")
@@ -113,11 +115,13 @@ def espeak_corpus(languages: tuple[str, ...], n_train: int, n_val: int, seed: in
         raise InputError(f"give one speaker per language: {len(speakers)} speakers for {len(languages)} languages")
     corpus = []
     for index, (language, speaker) in enumerate(zip(languages, speakers)):
-        words = pseudo_words(n_train + n_val, seed * 1000 + index)
+        words = pseudo_words(n_train + n_val + n_test, seed * 1000 + index)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             waves = list(pool.map(lambda w: synthesize(w, language, sample_rate, speaker), words))
+        cut = n_train + n_val
         corpus.append(LanguageSpeech(language, tuple(words[:n_train]), tuple(waves[:n_train]),
-                                     tuple(words[n_train:]), tuple(waves[n_train:]), sample_rate))
+                                     tuple(words[n_train:cut]), tuple(waves[n_train:cut]), sample_rate,
+                                     tuple(words[cut:]), tuple(waves[cut:])))
     return tuple(corpus)
 
 
