@@ -12,6 +12,9 @@ def write_bench(folder):
         "target": 1.03, "met": False, "sizes": [1000, 5000],
         "environment": {"torch": "2.13.0", "threads": 1, "machine": "x86_64", "honed_source": "abc"}}))
     (folder / "bench_broken.json").write_text("{not json")
+    (folder / "nms_speedup.json").write_text(json.dumps({  # honed.core.benchmark's shape
+        "name": "nms_speedup", "ratio": 3.25, "target": 1.0, "comparison": ">=", "holds": True, "unit": "x",
+        "measured_on": {"machine": "x86_64", "threads": 1, "load_average": 2.5}, "details": {"wall_ratio": 2.9}}))
 
 
 def test_flatten_gives_key_paths_and_joins_number_lists():
@@ -25,6 +28,8 @@ def test_markdown_section_reads_every_value_from_the_files(tmp_path):
     assert "### bench_loop" in text and "| median_epoch_s.honed | 0.0131 |" in text and "| ratio | 1.048 |" in text
     assert "target 1.03: NOT met" in text and "torch 2.13.0" in text and "honed_source" not in text
     assert "### bench_broken" in text and "unreadable (JSONDecodeError)" in text
+    assert "ratio 3.25 x (target >= 1): holds; machine x86_64, threads 1, load_average 2.5" in text
+    assert "| details.wall_ratio | 2.9 |" in text
 
 
 def test_html_section_escapes_and_an_empty_folder_says_how_to_fill_it(tmp_path):

@@ -2,8 +2,9 @@
 its measured values, one table per benchmark; nothing here is typed, every figure is read from a file.
 
 The folder is ``$HONED_BENCHMARKS`` or ``benchmarks/results`` under the working directory. A benchmark
-file is flattened to ``key path -> value`` rows (lists of numbers joined); its ``environment`` becomes
-one line (machine, torch, threads) and its ``target`` / ``met`` pair, where present, a sentence.
+file is flattened to ``key path -> value`` rows (lists of numbers joined); its ``measured_on`` (or older
+``environment``) becomes one line (machine, torch, threads, load) and its verdict on its target (the
+``ratio`` / ``comparison`` / ``target`` / ``holds`` of honed.core.benchmark, or an older ``met``) a sentence.
 """
 import html
 import json
@@ -52,18 +53,29 @@ def read_benchmark(file: Path) -> Benchmark:
         return Benchmark(file.stem, [], problem=f"unreadable ({err.__class__.__name__})")
     if not isinstance(data, dict):
         return Benchmark(file.stem, flatten(data))
-    env = data.pop("environment", None)
+    env = data.pop("measured_on", data.pop("environment", None))
     env_line = ", ".join(f"{k} {v}" for k, v in env.items() if k in ENV_KEYS) if isinstance(env, dict) else ""
-    target = ""
-    if "target" in data and "met" in data:
-        target = f"target {data['target']}: {'met' if data['met'] else 'NOT met'}"
     rows = flatten(data)
     if len(rows) > MAX_ROWS:
         rows = rows[:MAX_ROWS] + [["...", f"{len(rows) - MAX_ROWS} more rows in {file.name}"]]
-    return Benchmark(file.stem, rows, env_line, target)
+    return Benchmark(file.stem, rows, env_line, target_line(data))
 
 
-ENV_KEYS = ("device", "device_name", "machine", "cpu_count", "threads", "torch")
+ENV_KEYS = ("device", "device_name", "processor", "machine", "cpu_count", "threads", "torch", "load_average")
+
+
+def target_line(data: dict) -> str:
+    """The file's own verdict on its target: honed.core.benchmark's ``ratio comparison target -> holds``,
+    or an older file's ``target`` / ``met``; '' when it states none."""
+    from honed.core.report import fmt
+
+    if {"ratio", "target", "comparison", "holds"} <= set(data):
+        verdict = "holds" if data["holds"] else "does NOT hold"
+        return (f"ratio {fmt(data['ratio'])} {data.get('unit', '')} "
+                f"(target {data['comparison']} {fmt(data['target'])}): {verdict}")
+    if "target" in data and "met" in data:
+        return f"target {fmt(data['target'])}: {'met' if data['met'] else 'NOT met'}"
+    return ""
 
 
 def load_benchmarks(folder: Path | None = None) -> list[Benchmark]:
@@ -87,7 +99,8 @@ def performance_markdown(folder: Path | None = None) -> list[str]:
     if not benches:
         return parts + [NONE_YET, ""]
     for bench in benches:
-        parts += [f"### {bench.name}", "", describe(bench), ""] + ([md_table(HEADER, bench.rows), ""] if bench.rows else [])
+        parts += [f"### {bench.name}", "", describe(bench), ""]
+        parts += [md_table(HEADER, bench.rows), ""] if bench.rows else []
     return parts
 
 
