@@ -14,15 +14,31 @@ from S_1 and re-finetunes P2 on D_boot plus them; P2 keeps B.
 
 The target's LayerNorms get public range scales calibrated on D_boot (``calibrate_norm_scales``):
 CrypTen's inv_sqrt is accurate only on about [0.15, 100] and the first LayerNorm's input variance is
-far below it; plaintext outputs are unchanged. The target, P1, P2 and an entropy-only floor (no model)
-are each run under real 2-party MPC (two gloo processes on loopback, CrypTen) on one batch of
-``mpc_examples`` pool items. Batch 32: CrypTen's rounds are per batch, so a batch of 1-8 mostly measures
-per-round latency that a real sieve amortises over the batches it pipelines (card step 9, MPS); 32 is
-the largest batch whose target run fits the smoke/small time budgets (~3.5 s per target pass). The
-per-example seconds and bytes give the selection cost of direct MPC evaluation (N x c_target) and of
-the sieve (N c_P1 + |S_1| c_P2). The selection itself is computed in plaintext with the same code (the
-MPC outputs match it within fixed-point error, which is measured). Each selection is scored by the test
-accuracy of the target finetuned identically on D_boot U selected (bought phase labels are not added).
+far below it; plaintext outputs are unchanged. The MPCFormer-like baseline is the target with 2Quad
+attention and Quad GELU, distilled on D_boot with the proxies' budget; it selects in one phase. The
+target, P1, P2, the MPCFormer-like proxy and an entropy-only floor (no model) are each run under real
+2-party MPC (two gloo processes on loopback, CrypTen) on one batch of ``mpc_examples`` pool items, and
+one batched secure comparison of the pool's entropies with a pivot is timed the same way. Batch 32:
+CrypTen's rounds are per batch, so a batch of 1-8 mostly measures per-round latency that a real sieve
+amortises over its batches; 32 is the largest batch whose target run fits the smoke/small budgets.
+
+Selection delays are *modelled* (``honed.private.mpc_cost``): each phase scores its inputs in MPC
+batches - measured rounds and bytes on an assumed link (``rtt_ms``, ``bandwidth_gbit``, LAN defaults)
+plus the parties' measured CPU seconds - one after the other, or pipelined on compute and network (MPS,
+card step 9), then runs a QuickSelect top-k costed with the measured comparison. Direct MPC = the
+target over the whole pool, keeping B (the Oracle's choice). The selection itself is computed in
+plaintext with the same code (the plaintext top-k stand-in; the MPC outputs match it within fixed-point
+error, which is measured). Each selection is scored by the per-image test outcomes of the target
+finetuned identically on D_boot U selected (bought phase labels are not added).
+
+The setting: Oracle (top-B plaintext entropy of the target) must beat Random by more than its interval
+for the accuracy claims to mean anything (a precondition). :func:`validation_oracle_gap` measures that
+gap on a validation split held out of the training split (never the test split); run it with
+``python -m honed.experiments.e01_mpc_data_selection``. A design exploration with it (budgets 30-200,
+pools 600-700, imbalance 0.05-0.2, 3-6 D_boot images per class, no duplicates, a target pretrained on
+300 more images) found no setting where Oracle beat Random beyond seed noise, so ``small`` keeps the
+card's pool and budget with 5 seeds and reports the accuracy claims inconclusive when the precondition
+does not hold; no longer run is known to show the effect at this scale.
 """
 import copy
 from dataclasses import dataclass, replace
@@ -32,14 +48,19 @@ import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
+                                   register_experiment)
+from honed.core.loop import correct_per_example
 from honed.data import create_dataset
+from honed.data.base import stratified_split
 from honed.private.mpc import EntropyOnly, measure_mpc_costs
+from honed.private.mpc_cost import BatchCost, NetworkModel, PivotComparison, quickselect_topk, sieve_delay
+from honed.private.mpcformer import make_mpcformer_proxy
 from honed.private.proxy_selection import (TinyTransformer, calibrate_norm_scales, check_pool, entropy_from_logits,
                                            fit_emulators, image_tokens, make_proxy, multiphase_select,
-                                           phase_sizes, secure_topk_standin, selection_cost)
+                                           phase_sizes, secure_topk_standin)
 
-ARMS = ("selectformer", "proxy_1phase", "oracle", "random")
+ARMS = ("selectformer", "proxy_1phase", "mpcformer", "oracle", "random")
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,10 @@ class MPCSelectionConfig(ExperimentConfig):
     finetune_epochs: int = 40
     lr: float = 3e-3
     mpc_examples: int = 32  # one MPC batch (see module docstring)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    rtt_ms: float = 1.0  # (R) modelled link between the parties: round-trip time (LAN)
+    bandwidth_gbit: float = 1.0  # (R) modelled link bandwidth (LAN)
+    quad_shift: float = 5.0  # MPCFormer's 2Quad constant c
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
 
     @classmethod
@@ -77,6 +101,8 @@ class MPCSelectionConfig(ExperimentConfig):
             raise ConfigError(f"budget must be in [1, pool_size), got {self.budget} for pool {self.pool_size}")
         if not 0 < self.selectivity <= 1 or self.mpc_examples < 1 or not 0 <= self.duplicate_fraction < 1:
             raise ConfigError("selectivity must be in (0, 1], mpc_examples >= 1, duplicate_fraction in [0, 1)")
+        if not (self.rtt_ms >= 0 and self.bandwidth_gbit > 0 and self.quad_shift > 0):
+            raise ConfigError("need rtt_ms >= 0, bandwidth_gbit > 0 and quad_shift > 0")
         if len(self.proxy_blocks) != 2 or len(self.proxy_widths) != 2:
             raise ConfigError(f"need 2 proxies (proxy_blocks, proxy_widths), got {self.proxy_blocks}, "
                               f"{self.proxy_widths}")
@@ -108,9 +134,9 @@ def _fit(model, x, y, epochs, lr, seed, teacher=None, kd_weight=0.0, batch=64):
     return model
 
 
-def _accuracy(model, split) -> float:
-    with torch.no_grad():
-        return float((model(split.x).argmax(1) == split.y).float().mean())
+def _scorer(model):
+    """x (n, 64) -> predictive entropy (n,) of ``model``."""
+    return lambda x: entropy_from_logits(model(x))
 
 
 def build_pool(train, cfg, seed):
@@ -135,6 +161,43 @@ def build_pool(train, cfg, seed):
     return (x[boot], y[boot]), (pool_x, pool_y)
 
 
+def train_target(cfg, seed, pretrain, boot):
+    """The model owner's target: pretrained on ``pretrain`` (a Split disjoint from the pool), adapted on
+    D_boot (R); returned in eval mode."""
+    target = _fit(TinyTransformer(n_blocks=cfg.target_blocks), pretrain.x, pretrain.y, cfg.pretrain_epochs, cfg.lr,
+                  seed)
+    return _fit(target, boot[0], boot[1], cfg.adapt_epochs, cfg.lr, seed + 1).eval()
+
+
+def finetune_on_selection(cfg, seed, target, boot, pool, idx):
+    """A copy of the target finetuned on D_boot U pool[idx], identically for every selection."""
+    model = copy.deepcopy(target).train()
+    x, y = torch.cat([boot[0], pool[0][idx]]), torch.cat([boot[1], pool[1][idx]])
+    return _fit(model, x, y, cfg.finetune_epochs, cfg.lr, seed + 2).eval()
+
+
+def validation_oracle_gap(cfg, seeds=None, val_fraction: float = 0.28) -> dict[str, list[float]]:
+    """SelectFormer (arXiv:2310.02373) setting check on validation data only: per seed, the accuracy on a
+    split held out of the training split (stratified, ``val_fraction``) of the target finetuned on D_boot
+    + Oracle's top-B vs + a random B, with D_boot and the pool drawn from the rest of the training split.
+    The test split is never read. Returns {"oracle": [...], "random": [...], "gap": [...]} (per seed)."""
+    data = create_dataset("digits", flat=True)
+    rest, _, val = stratified_split(data.train.x, data.train.y, (1 - val_fraction, 0.0, val_fraction), seed=123)
+    out: dict[str, list[float]] = {"oracle": [], "random": []}
+    for seed in seeds if seeds is not None else cfg.seeds:
+        torch.manual_seed(seed)
+        boot, pool = build_pool(rest, cfg, seed)
+        target = train_target(cfg, seed, data.val, boot)
+        with torch.no_grad():
+            oracle = secure_topk_standin(entropy_from_logits(target(pool[0])), cfg.budget)
+        random = torch.randperm(len(pool[0]), generator=torch.Generator().manual_seed(seed))[:cfg.budget]
+        for arm, idx in (("oracle", oracle), ("random", random)):
+            correct = correct_per_example(finetune_on_selection(cfg, seed, target, boot, pool, idx), val.x, val.y)
+            out[arm].append(sum(correct) / len(correct))
+    out["gap"] = [o - r for o, r in zip(out["oracle"], out["random"])]
+    return out
+
+
 @register_experiment
 class MPCDataSelectionExperiment(Experiment):
     id = "01-mpc-data-selection"
@@ -147,7 +210,7 @@ class MPCDataSelectionExperiment(Experiment):
                "value is the test accuracy of the target finetuned on it, vs Oracle and Random.")
     Config = MPCSelectionConfig
     method = ("selectformer",)
-    baselines = ("oracle", "random", "proxy_1phase")
+    baselines = ("oracle", "random", "proxy_1phase", "mpcformer")
     components = ("honed.private.proxy_selection:make_proxy", "honed.private.proxy_selection:fit_emulators",
                   "honed.private.proxy_selection:multiphase_select",
                   "honed.private.proxy_selection:calibrate_norm_scales", "honed.private.mpc:measure_mpc_costs")
@@ -159,41 +222,59 @@ class MPCDataSelectionExperiment(Experiment):
                      "card step 7: phase_labels labels bought at random from S_1 to re-finetune P2 (CE + KD on "
                      "D_boot + them) before phase 2; default 0 = off (the card gives no number)",
                      "target deepened to target_blocks = 4 (card: 2) so both proxies are strictly shallower (step 3)",
-                     "public LayerNorm range scales of the target calibrated on D_boot (CrypTen inv_sqrt range)")
-    claims_tested = ("selection >= 10x cheaper than direct MPC evaluation of the target",
-                     "accuracy after training on the selection within 0.5 point of Oracle")
+                     "public LayerNorm range scales of the target calibrated on D_boot (CrypTen inv_sqrt range)",
+                     "the selection runs the plaintext top-k stand-in (secure_topk_standin); its MPC cost is modelled "
+                     "as a QuickSelect whose partition steps are batched CrypTen comparisons with a pivot (measured "
+                     "per run) that reveal their bits - cheaper than an oblivious top-k revealing only membership",
+                     "delays are modelled: measured CrypTen rounds / bytes / local compute on an assumed link "
+                     "(rtt_ms, bandwidth_gbit: LAN defaults); MPS = a two-resource (compute, network) pipeline "
+                     "over the MPC batches of each phase",
+                     "MPCFormer-like baseline: the target with 2Quad attention and Quad GELU, distilled on D_boot "
+                     "with the proxies' CE + KD budget (MPCFormer distils layer-wise; logits KD only here)")
+    claims_tested = ("modelled selection delay >= 10x lower than direct MPC evaluation of the target",
+                     "MPS cuts the modelled delay by >= 30%",
+                     "accuracy after training on the selection within 1 point of Oracle",
+                     "SelectFormer above Random", "SelectFormer above the MPCFormer-like proxy, at lower delay")
 
     def run_seed(self, cfg, seed, ctx) -> SeedOutput:
         torch.manual_seed(seed)
         data = create_dataset("digits", flat=True)
         (bx, by), (px, py) = build_pool(data.train, cfg, seed)
         check_pool(px, py)
-        target = _fit(TinyTransformer(n_blocks=cfg.target_blocks), data.val.x, data.val.y, cfg.pretrain_epochs,
-                      cfg.lr, seed)
-        target = _fit(target, bx, by, cfg.adapt_epochs, cfg.lr, seed + 1).eval()
+        target = train_target(cfg, seed, data.val, (bx, by))
         calibration = calibrate_norm_scales(target, bx)  # model owner's own data; plaintext unchanged
         proxies = [self._proxy(cfg, target, bx, by, blocks, width, seed + 10 * k)
                    for k, (blocks, width) in enumerate(zip(cfg.proxy_blocks, cfg.proxy_widths))]
+        mpcformer = _fit(make_mpcformer_proxy(target, cfg.quad_shift), bx, by, cfg.proxy_epochs, cfg.lr, seed + 30,
+                         teacher=target, kd_weight=cfg.kd_weight).eval()  # same distillation budget as the proxies
         picks, sizes, p2 = self._select(cfg, seed, target, proxies, (bx, by), (px, py))
-        models = {"target": target, "p1": proxies[0], "p2": p2}
-        mpc = measure_mpc_costs({**models, "entropy_only": EntropyOnly(target.classes)},
+        scorers = {"target": target, "p1": proxies[0], "p2": p2, "mpcformer": mpcformer}
+        picks["mpcformer"] = multiphase_select(px, [_scorer(mpcformer)], [cfg.budget])[0]
+        mpc = measure_mpc_costs({**scorers, "entropy_only": EntropyOnly(target.classes)},
                                 image_tokens(px[:cfg.mpc_examples]))
-        arms = self._arms(cfg, seed, target, picks, (bx, by), (px, py), data.test)
-        self._add_costs(arms, mpc, len(px), sizes, cfg.budget)
         with torch.no_grad():
-            errs = {f"{k}_mpc_entropy_abs_error": float((mpc[k]["output"] - entropy_from_logits(
-                m(px[:cfg.mpc_examples]))).abs().max()) for k, m in models.items()}
+            entropies = {name: entropy_from_logits(m(px)) for name, m in scorers.items()}
+        comparison = measure_mpc_costs({"comparison": PivotComparison()}, entropies["target"].view(-1, 1),
+                                       reveal="logits")["comparison"]
+        arms = self._arms(cfg, seed, target, picks, (bx, by), (px, py), data.test)
+        self._add_delays(cfg, seed, arms, mpc, comparison, entropies, picks, sizes)
+        errs = {f"{k}_mpc_entropy_abs_error": float((mpc[k]["output"] - entropies[k][:cfg.mpc_examples]).abs().max())
+                for k in scorers}
+        gen = torch.Generator().manual_seed(seed)
+        topk_agrees = all(torch.equal(quickselect_topk(entropies[k], cfg.budget, gen)[0],
+                                      secure_topk_standin(entropies[k], cfg.budget)) for k in ("target", "mpcformer"))
         extra = {"mpc_entropy_max_abs_error": max(errs.values()), **errs, "phase_sizes": sizes,
-                 "target_norm_calibration": calibration,
+                 "target_norm_calibration": calibration, "quickselect_matches_standin": float(topk_agrees),
                  "target_norm_all_in_range": float(all(c["fits"] for c in calibration.values())),
-                 **{f"{k}_{m}": float(v[m]) for k, v in mpc.items()
-                    for m in ("seconds_per_example", "bytes_per_example", "rounds_per_batch")}}
+                 **{f"{k}_{m}": float(v[m]) for k, v in {**mpc, "comparison": comparison}.items()
+                    for m in ("seconds_per_example", "cpu_seconds_per_example", "bytes_per_example",
+                              "rounds_per_batch")}}
         return SeedOutput(arms=arms, extra=extra)
 
     def _select(self, cfg, seed, target, proxies, boot, pool):
         """Oracle, Random, 1-phase and SelectFormer picks; phase 2 after optional bought labels (step 7)."""
         px, py = pool
-        scorer = lambda m: (lambda x: entropy_from_logits(m(x)))  # noqa: E731
+        scorer = _scorer
         sizes = phase_sizes(len(px), cfg.budget, [cfg.selectivity])
         with torch.no_grad():
             oracle_scores = entropy_from_logits(target(px))
@@ -218,62 +299,119 @@ class MPCDataSelectionExperiment(Experiment):
         return proxy.eval()
 
     def _arms(self, cfg, seed, target, picks, boot, pool, test):
+        """Finetune the target identically on D_boot + each arm's picks; per-image test outcomes."""
         arms, oracle = {}, set(picks["oracle"].tolist())
         for arm in ARMS:
             idx = picks[arm]
-            model = copy.deepcopy(target).train()
-            x, y = torch.cat([boot[0], pool[0][idx]]), torch.cat([boot[1], pool[1][idx]])
-            _fit(model, x, y, cfg.finetune_epochs, cfg.lr, seed + 2)
-            arms[arm] = {"test_acc": _accuracy(model.eval(), test),
+            model = finetune_on_selection(cfg, seed, target, boot, pool, idx)
+            arms[arm] = {"test_acc": correct_per_example(model, test.x, test.y),  # paired intervals
                          "oracle_recall": len(oracle & set(idx.tolist())) / cfg.budget,
                          "classes_selected": float(len(torch.unique(pool[1][idx])))}
         return arms
 
-    def _add_costs(self, arms, mpc, n, sizes, budget):
-        for unit in ("seconds", "bytes"):
-            key = f"{unit}_per_example"
-            direct = selection_cost(n, [budget], [mpc["target"][key]])
-            ours = selection_cost(n, sizes, [mpc["p1"][key], mpc["p2"][key]])
-            one = selection_cost(n, [budget], [mpc["p1"][key]])
-            arms["oracle"][f"selection_{unit}"] = direct  # direct MPC = Oracle's choice at MPC cost
-            arms["selectformer"][f"selection_{unit}"] = ours
-            arms["proxy_1phase"][f"selection_{unit}"] = one
-            arms["selectformer"][f"cost_ratio_{unit}"] = direct / ours
-            arms["proxy_1phase"][f"cost_ratio_{unit}"] = direct / one
+    def _add_delays(self, cfg, seed, arms, mpc, comparison, entropies, picks, sizes):
+        """Modelled selection delay of each MPC selection (direct MPC = the Oracle's choice), from the
+        measured batch costs, the QuickSelect top-k costed by the measured comparison, and the network."""
+        costs = {k: BatchCost.from_measure(v, cfg.mpc_examples) for k, v in mpc.items()}
+        cmp_cost = BatchCost.from_measure(comparison, len(entropies["target"]))
+        net = NetworkModel(cfg.rtt_ms / 1e3, cfg.bandwidth_gbit * 1e9 / 8)
+        s1 = secure_topk_standin(entropies["p1"], sizes[0])  # phase 1 survivors, as multiphase_select keeps
+        plans = {"oracle": [(entropies["target"], "target", cfg.budget)],
+                 "selectformer": [(entropies["p1"], "p1", sizes[0]), (entropies["p2"][s1], "p2", cfg.budget)],
+                 "proxy_1phase": [(entropies["p1"], "p1", cfg.budget)],
+                 "mpcformer": [(entropies["mpcformer"], "mpcformer", cfg.budget)]}
+        floor = [(scores, "entropy_only", keep) for scores, _, keep in plans["selectformer"]]  # free proxies
+        arms["selectformer"]["entropy_floor_delay_s"] = sieve_delay(
+            floor, costs, cmp_cost, net, torch.Generator().manual_seed(seed + 40))["sequential"]
+        for arm, phases in plans.items():
+            delay = sieve_delay(phases, costs, cmp_cost, net, torch.Generator().manual_seed(seed + 40))
+            arms[arm] |= {"selection_delay_s": delay["sequential"], "selection_delay_mps_s": delay["mps"],
+                          "topk_delay_s": delay["topk"],
+                          "selection_bytes": sum(len(sc) * mpc[name]["bytes_per_example"] for sc, name, _ in phases)}
 
     def claims(self, cfg, result):
-        ratio = result.mean("selectformer", "cost_ratio_seconds")
-        dip = result.mean("oracle", "test_acc") - result.mean("selectformer", "test_acc")
-        return [Claim.check("selection_cost_ratio_direct_over_ours", ratio, ">=", 10.0,
-                            "~200x lower delay than direct MPC (reviewers); card target >= 10x",
-                            metric="cost_ratio_seconds"),
-                Claim.check("accuracy_dip_vs_oracle", dip, "<=", 0.005,
-                            "~0.20% accuracy loss vs Oracle; card target <= 0.5 point", metric="test_acc")]
+        m = result.metric
+        acc = lambda arm: m(arm, "test_acc")  # noqa: E731
+        delay = lambda arm, key="selection_delay_s": m(arm, key)  # noqa: E731
+        modelled = (f"modelled: measured CrypTen rounds, bytes and local compute on a {cfg.rtt_ms:g} ms RTT, "
+                    f"{cfg.bandwidth_gbit:g} Gbit/s link (R), secure top-k costed as QuickSelect")
+        separable = ("oracle above random",) + tuple(f"{a} above chance" for a in ARMS)
+        return [
+            Claim.check("modelled selection delay direct MPC / selectformer", delay("oracle") / delay("selectformer"),
+                        ">=", 10.0, f"~200x lower delay than direct MPC (reviewers); card target >= 10x; {modelled}",
+                        metric="selection_delay_s", requires=()),
+            Claim.check("modelled MPS delay reduction of the selectformer sieve",
+                        1 - delay("selectformer", "selection_delay_mps_s") / delay("selectformer"), ">=", 0.30,
+                        f"MPS alone cuts delay by 33-61% (paper); card: 30-60%; {modelled}",
+                        metric="selection_delay_mps_s", requires=()),
+            Claim.check("oracle - selectformer test acc", acc("oracle") - acc("selectformer"), "<=", 0.01,
+                        "~0.20% accuracy loss vs Oracle (paper); card: within 1 pt of Oracle", metric="test_acc",
+                        requires=separable),
+            Claim.check("selectformer - random test acc", acc("selectformer") - acc("random"), ">", 0.0,
+                        "clearly better than Random selection (paper; card: above Random)", metric="test_acc",
+                        requires=separable),
+            Claim.check("selectformer - mpcformer test acc", acc("selectformer") - acc("mpcformer"), ">", 0.0,
+                        "clearly better than MPCFormer-style proxies (paper)", metric="test_acc", requires=separable),
+            Claim.check("modelled selection delay mpcformer / selectformer", delay("mpcformer") / delay("selectformer"),
+                        ">", 1.0, f"MPCFormer-style proxies cost more delay than SelectFormer's sieve; {modelled}",
+                        metric="selection_delay_s", requires=()),
+        ]
+
+    def preconditions(self, cfg, result):
+        m = result.metric
+        return arms_above_chance(result, ARMS, "test_acc", 0.1, 0.3) + [Precondition.check(
+            "oracle above random", m("oracle", "test_acc") - m("random", "test_acc"), ">", 0.0,
+            "selection can matter only where the Oracle's choice beats a random one by more than the interval; "
+            "otherwise 'within 1 pt of Oracle' and 'above Random' compare noise (card: the comparison is void)")]
+
+    def invariants(self, cfg, result):
+        e = lambda k: result.extra[k]["mean"]  # noqa: E731
+        drift = max(abs(v[-1] - cfg.budget) for v in result.extra["phase_sizes"]["values"])
+        return [Invariant.check("|last phase size - B| (worst seed)", drift, "<=", 0,
+                                "phase_sizes ends at the budget by construction (no rounding drift)"),
+                Invariant.check("QuickSelect picks = plaintext stand-in picks (share of seeds)",
+                                e("quickselect_matches_standin"), ">=", 1.0,
+                                "the costed QuickSelect selects exactly the stand-in's top-B (distinct scores)"),
+                Invariant.check("max |MPC entropy - plaintext entropy| (nats)", e("mpc_entropy_max_abs_error"), "<",
+                                0.05, "CrypTen's fixed point with calibrated LayerNorm ranges: the MPC scores match "
+                                "the plaintext ones the selection uses")]
 
     def notes(self, cfg, result):
         m = lambda a, k: result.mean(a, k)  # noqa: E731
         e = lambda k: result.extra[k]["mean"]  # noqa: E731
-        models = ("target", "p1", "p2", "entropy_only")
-        per = ", ".join(f"{k} {e(k + '_seconds_per_example'):.4f} s / {e(k + '_bytes_per_example') / 1e3:.0f} kB / "
+        models = ("target", "p1", "p2", "mpcformer", "entropy_only")
+        per = ", ".join(f"{k} {e(k + '_seconds_per_example'):.4f} s (CPU {e(k + '_cpu_seconds_per_example'):.4f} s) "
+                        f"/ {e(k + '_bytes_per_example') / 1e3:.0f} kB / "
                         f"{e(k + '_rounds_per_batch'):.0f} rounds" for k in models)
-        notes = [f"measured MPC per example at batch {cfg.mpc_examples} (2 parties, loopback; seconds / bytes sent / "
-                 f"rounds per batch): {per}",
+        arms = ("oracle", "selectformer", "proxy_1phase", "mpcformer")
+        delays = ", ".join(f"{'direct MPC' if a == 'oracle' else a} {m(a, 'selection_delay_s'):.1f} s (MPS "
+                           f"{m(a, 'selection_delay_mps_s'):.1f} s, of which top-k {m(a, 'topk_delay_s'):.2f} s)"
+                           for a in arms)
+        notes = [f"measured MPC per example at batch {cfg.mpc_examples} (2 parties, loopback; wall seconds with party "
+                 f"0's CPU seconds, the modelled local compute / bytes sent / rounds per batch): {per}; one batched "
+                 f"secure comparison of the {cfg.pool_size} pool entropies: {e('comparison_rounds_per_batch'):.0f} "
+                 f"rounds, {e('comparison_bytes_per_example'):.0f} B per element",
+                 f"modelled selection delay ({cfg.rtt_ms:g} ms RTT, {cfg.bandwidth_gbit:g} Gbit/s): {delays}",
+                 "bytes sent scoring the pool: direct / selectformer "
+                 f"{m('oracle', 'selection_bytes') / m('selectformer', 'selection_bytes'):.1f}x; the secret-shared "
+                 "entropy and top-k alone (free proxies) would take "
+                 f"{m('selectformer', 'entropy_floor_delay_s'):.1f} s on the sieve, so no proxy could beat "
+                 f"{m('oracle', 'selection_delay_s') / m('selectformer', 'entropy_floor_delay_s'):.1f}x here (a "
+                 f"{cfg.target_blocks}-block, 16-token target; the paper's ~200x is for 12-block, long-sequence "
+                 "models whose forward dwarfs the entropy)",
                  "MPC vs plaintext entropy max abs error (nats): " + ", ".join(
-                     f"{k} {e(k + '_mpc_entropy_abs_error'):.4f}" for k in models[:3])
+                     f"{k} {e(k + '_mpc_entropy_abs_error'):.4f}" for k in models[:4])
                  + f"; target LayerNorm scales put every recorded D_boot variance range inside CrypTen's inv_sqrt "
-                 f"range in {e('target_norm_all_in_range'):.0%} of seeds"]
-        n, s1 = cfg.pool_size, result.extra["phase_sizes"]["values"][0][0]
-        bound = n * e("target_seconds_per_example") / ((n + s1) * e("entropy_only_seconds_per_example"))
-        notes.append(f"cost ratio direct/ours: seconds {m('selectformer', 'cost_ratio_seconds'):.1f}x, bytes "
-                     f"{m('selectformer', 'cost_ratio_bytes'):.1f}x. The secret-shared entropy alone (no model) "
-                     f"costs {e('entropy_only_seconds_per_example'):.4f} s per example, so even free proxies could "
-                     f"not beat {bound:.1f}x in seconds for a {cfg.target_blocks}-block, 16-token target (the "
-                     "paper's ~200x is for 12-block, long-sequence models whose forward dwarfs the entropy)")
+                 f"range in {e('target_norm_all_in_range'):.0%} of seeds",
+                 "test acc: " + ", ".join(f"{a} {m(a, 'test_acc'):.4f}" for a in ARMS)
+                 + f"; oracle recall of selectformer {m('selectformer', 'oracle_recall'):.2f}, of mpcformer "
+                 f"{m('mpcformer', 'oracle_recall'):.2f}"]
         gap = m("oracle", "test_acc") - m("random", "test_acc")
-        notes.append(f"test acc: oracle {m('oracle', 'test_acc'):.4f}, selectformer "
-                     f"{m('selectformer', 'test_acc'):.4f}, 1-phase {m('proxy_1phase', 'test_acc'):.4f}, random "
-                     f"{m('random', 'test_acc'):.4f}; oracle recall of selectformer "
-                     f"{m('selectformer', 'oracle_recall'):.2f}")
         if gap <= 0:
             notes.append(f"Oracle is not above Random here (gap {gap:+.4f}): the accuracy comparison is void")
         return notes
+
+
+if __name__ == "__main__":  # the Oracle - Random gap of the small preset's setting, on validation data
+    torch.set_num_threads(1)
+    print(validation_oracle_gap(MPCSelectionConfig()))

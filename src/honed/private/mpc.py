@@ -90,17 +90,19 @@ def _measure_one(crypten: Any, model: Any, tokens: torch.Tensor, reveal: str) ->
     x_enc = crypten.cryptensor(tokens, src=1)
     comm.barrier()
     comm.reset_communication_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = model.forward_with(params, x_enc)
     if reveal == "entropy":
         from honed.private.proxy_selection import entropy_from_logits
         out = entropy_from_logits(out)
     plain = out.get_plain_text()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     stats = comm.get_communication_stats()
     n = tokens.shape[0]
     return {"seconds_per_example": seconds / n, "bytes_per_example": stats["bytes"] / n,
-            "rounds_per_batch": float(stats["rounds"]), "output": plain}
+            "comm_seconds_per_example": stats["time"] / n, "cpu_seconds_per_example": cpu / n,
+            "rounds_per_batch": float(stats["rounds"]),
+            "output": plain}
 
 
 def _party(rank: int, world_size: int, port: int, models: dict[str, Any], tokens: torch.Tensor,
@@ -128,8 +130,10 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
 
     tokens: (B, ...) float inputs shared by the data owner; B >= 1. ``reveal`` "entropy" (secret-
     shared predictive entropy, the selection score, revealed for checking only) or "logits".
-    Returns {name: {seconds_per_example, bytes_per_example (bytes sent by party 0), rounds_per_batch,
-    output (B,) or (B, C) decrypted}} from party 0. ``parties`` >= 2 processes on loopback.
+    Returns {name: {seconds_per_example, bytes_per_example (bytes sent by party 0),
+    comm_seconds_per_example (time inside communication calls, waiting for the peer included),
+    cpu_seconds_per_example (this party's process CPU time: its local compute, whatever the host's load),
+    rounds_per_batch, output (B,) or (B, C) decrypted}} from party 0. ``parties`` >= 2 processes on loopback.
     """
     if not isinstance(tokens, torch.Tensor) or tokens.ndim < 2 or tokens.shape[0] < 1:
         raise InputError(f"tokens must be a (B, ...) tensor with B >= 1, got {getattr(tokens, 'shape', tokens)}")

@@ -165,7 +165,7 @@ class TinyTransformer(nn.Module):
         scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(dh))
         if record is not None:
             record.setdefault(f"b{i}_softmax", []).append(scores.detach().reshape(-1, n))
-        attn = _mlp(p, f"b{i}_softmax_", scores) if self.emulated else scores.softmax(-1)
+        attn = _mlp(p, f"b{i}_softmax_", scores) if self.emulated else self.row_softmax(scores)
         out = attn.matmul(v).permute(0, 2, 1, 3).reshape(b, n, h)
         return out.matmul(p[f"b{i}_o_w"]) + p[f"b{i}_o_b"]
 
@@ -192,8 +192,16 @@ class TinyTransformer(nn.Module):
 
     def _ffn(self, p: dict, i: int, a: Any) -> Any:
         hid = a.matmul(p[f"b{i}_ff1_w"]) + p[f"b{i}_ff1_b"]
-        act = hid.relu() if self.emulated else sigmoid_gelu(hid)
+        act = hid.relu() if self.emulated else self.activation(hid)
         return act.matmul(p[f"b{i}_ff2_w"]) + p[f"b{i}_ff2_b"]
+
+    def row_softmax(self, scores: Any) -> Any:
+        """The exact attention row-softmax (a subclass may swap in an MPC-friendly approximation)."""
+        return scores.softmax(-1)
+
+    def activation(self, hid: Any) -> Any:
+        """The exact FFN activation, sigmoid-GELU (a subclass may swap in an approximation)."""
+        return sigmoid_gelu(hid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with(dict(self.params), image_tokens(x))
