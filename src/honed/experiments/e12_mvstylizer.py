@@ -46,6 +46,9 @@ class MVStylizerConfig(ExperimentConfig):
     size: int = 256
     frames: int = 30
     test_domains: tuple[str, ...] = ("flower", "chelsea", SHAPES)
+    # camera paths / shape motions of the test clips: fresh ones (seed 1000 drew the clips that were read
+    # while the pipeline's design was fixed; the claims are scored on these)
+    test_clip_seed: int = 7000
     train_domains: tuple[str, ...] = ("china", "astronaut", "rocket", SHAPES)
     train_frames: int = 12  # frames per training clip (one clip per training domain)
     style: str = "coffee"
@@ -125,7 +128,8 @@ class Setup:
 
     @cached_property
     def test_clips(self) -> list[torch.Tensor]:
-        return [domain_clip(d, self.cfg.frames, self.cfg.size, 1000 + i) for i, d in enumerate(self.cfg.test_domains)]
+        return [domain_clip(d, self.cfg.frames, self.cfg.size, self.cfg.test_clip_seed + i)
+                for i, d in enumerate(self.cfg.test_domains)]
 
     @cached_property
     def train_frames(self) -> torch.Tensor:
@@ -258,7 +262,7 @@ def pipelines_part(setup: Setup) -> dict[str, Any]:
 def timing_part(setup: Setup) -> dict[str, Any]:
     """Speed-up of (4) over (1) per repeat on one clip at ``timing_size`` (the largest resolution timed)."""
     cfg = setup.cfg
-    clip = domain_clip(cfg.test_domains[0], cfg.timing_frames, cfg.timing_size, 1000)
+    clip = domain_clip(cfg.test_domains[0], cfg.timing_frames, cfg.timing_size, cfg.test_clip_seed)
     t_ref, t_mv, _ = timed_pair(setup, clip, cfg.timing_repeats)
     return {"speedup": [a / b for a, b in zip(t_ref, t_mv)], "time_per_frame": [a / len(clip) for a in t_ref],
             "time_mvstylizer": [b / len(clip) for b in t_mv]}
@@ -333,6 +337,9 @@ class MVStylizerExperiment(Experiment):
                   "honed.vision.mvstylizer_training:federated_retrain", "honed.vision.photo_style:photoreal_target",
                   "honed.data.camera_videos:camera_path_clip", "honed.data.camera_videos:moving_shapes_clip")
     reconstructed = (
+        "evaluation clips: the Reinhard statistics, the upscaler's residual form and learning rate and the "
+        "per-frame MSE quality metric were fixed after a first run read test clips drawn with seed 1000; the "
+        "claims are scored on fresh camera paths and shape motions (test_clip_seed)",
         "change score: fraction of pixels failing the forward-backward flow check (1 px) or a grey warp error "
         "above 0.1 (card: inferred), on frames downscaled by 2",
         "interpolation reuses the selector's half-resolution flows (resized) and its validity masks; the blend "
