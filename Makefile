@@ -6,6 +6,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet -c constraints.txt
+# DEVICE=cuda installs the CUDA build of the same pinned torch from PyPI (on a GPU machine); the default
+# cpu takes the local CPU wheel. Experiments then run with `honed run ID --device cuda`.
+DEVICE ?= cpu
+ifeq ($(DEVICE),cuda)
+TORCH_INSTALL := PIP_CONFIG_FILE=/dev/null $(PIP) --index-url https://pypi.org/simple torch==2.13.0
+else
+TORCH_INSTALL := $(PIP) torch==2.13.0
+endif
 STAMP := $(VENV)/.installed-$(DEVICE)
 EXTRAS ?= dev,data,peers,text,mpc,video,speech,he,cluster
 # Debian packages, installed as root where apt-get works, else the command is printed:
@@ -21,14 +29,6 @@ apt_install = command -v $(1) >/dev/null || { \
 PRESET ?= small
 IDS ?=
 JOBS ?= 0
-# DEVICE=cuda installs the CUDA build of the same pinned torch from PyPI (on a GPU machine); the default
-# cpu takes the local CPU wheel. Experiments then run with `honed run ID --device cuda`.
-DEVICE ?= cpu
-ifeq ($(DEVICE),cuda)
-TORCH_INSTALL := PIP_CONFIG_FILE=/dev/null $(PIP) --index-url https://pypi.org/simple torch==2.13.0
-else
-TORCH_INSTALL := $(PIP) torch==2.13.0
-endif
 
 .PHONY: run test test-cuda install bench clean wheel-check
 
