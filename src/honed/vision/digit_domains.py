@@ -70,6 +70,7 @@ class DigitDomains:
     target_adapt: GuardedSplit
     target_test: GuardedSplit
     num_classes: int
+    target_val: GuardedSplit | None = None  # held-out labeled target images for setting choices, never test
 
 
 def grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -88,28 +89,34 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def colour_texture(n: int, size: int, generator: torch.Generator, scales: tuple[int, ...] = (2, 4, 8)) -> torch.Tensor:
+def colour_texture(n: int, size: int, generator: torch.Generator, scales: tuple[int, ...] = (2, 4, 8),
+                   amplitude: float = TEXTURE_AMPLITUDE) -> torch.Tensor:
     """(n, 3, size, size) random colour textures in [0, 1]: a random base colour plus smooth RGB noise
-    (uniform grids of side s, bilinearly upsampled) at each scale s, amplitudes halving per scale."""
+    (uniform grids of side s, bilinearly upsampled) at each scale s, ``amplitude`` halving per scale."""
     base = torch.rand(n, 3, 1, 1, generator=generator)
     tex = base.expand(n, 3, size, size).clone()
     for k, s in enumerate(scales):
         grid = torch.rand(n, 3, s, s, generator=generator) - 0.5
-        tex += TEXTURE_AMPLITUDE * 0.5 ** k * F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+        tex += amplitude * 0.5 ** k * F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
     return tex.clamp(0, 1)
 
 
-def contrasting_colour(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random colour per image, each channel ``(base + U(COLOUR_GAP)) mod 1``: uniformly random over
-    the colours at least 0.25 (circularly) from the background's mean colour ``base`` (n, 3, 1, 1)."""
-    lo, hi = COLOUR_GAP
+def contrasting_colour(base: torch.Tensor, generator: torch.Generator,
+                       gap: tuple[float, float] = COLOUR_GAP) -> torch.Tensor:
+    """A random colour per image, each channel ``(base + U(gap)) mod 1``: with the default (0.25, 0.75)
+    uniformly random over the colours at least 0.25 (circularly) from the background's mean colour
+    ``base`` (n, 3, 1, 1); gap (0, 1) is an unconstrained random colour."""
+    lo, hi = gap
     return (base + lo + (hi - lo) * torch.rand(base.shape, generator=generator)) % 1.0
 
 
 def render_target_domain(x: torch.Tensor, seed: int = 0, max_rotation: float = 15.0, invert_fraction: float = 0.3,
-                         noise_std: float = 0.1) -> torch.Tensor:
+                         noise_std: float = 0.1, colour_gap: tuple[float, float] = COLOUR_GAP,
+                         texture_amplitude: float = TEXTURE_AMPLITUDE) -> torch.Tensor:
     """Compact DNN DA reproduction (arXiv:1703.04071): grey digits (N, 1, H, W) in [0, 1] -> coloured target
-    images (N, 3, H, W) in [0, 1] (see the module docstring); deterministic given ``seed``."""
+    images (N, 3, H, W) in [0, 1] (see the module docstring); deterministic given ``seed``.
+    ``colour_gap`` (lo, hi) with 0 <= lo <= hi <= 1 bounds the foreground's per-channel circular distance
+    from the background colour; ``texture_amplitude`` >= 0 scales the background texture."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 1:
         raise InputError(f"expected grey images (N, 1, H, W), got {getattr(x, 'shape', type(x).__name__)}")
     check_images(x)
@@ -117,12 +124,15 @@ def render_target_domain(x: torch.Tensor, seed: int = 0, max_rotation: float = 1
     check_number(noise_std, "noise_std")
     if not 0 <= invert_fraction <= 1:
         raise InputError(f"invert_fraction must lie in [0, 1], got {invert_fraction}")
+    if len(colour_gap) != 2 or not 0 <= colour_gap[0] <= colour_gap[1] <= 1:
+        raise InputError(f"colour_gap must be (lo, hi) with 0 <= lo <= hi <= 1, got {colour_gap}")
+    check_number(texture_amplitude, "texture_amplitude")
     gen = torch.Generator().manual_seed(seed)
     n, size = x.shape[0], x.shape[-1]
     angles = (torch.rand(n, generator=gen) * 2 - 1) * max_rotation
     mask = rotate(x.cpu().float(), angles).clamp(0, 1)
-    background = colour_texture(n, size, gen)
-    foreground = contrasting_colour(background.mean(dim=(2, 3), keepdim=True), gen)
+    background = colour_texture(n, size, gen, amplitude=texture_amplitude)
+    foreground = contrasting_colour(background.mean(dim=(2, 3), keepdim=True), gen, colour_gap)
     image = mask * foreground + (1 - mask) * background
     invert = (torch.rand(n, generator=gen) < invert_fraction).view(n, 1, 1, 1)
     image = torch.where(invert, 1 - image, image)
@@ -132,23 +142,29 @@ def render_target_domain(x: torch.Tensor, seed: int = 0, max_rotation: float = 1
 
 def make_digit_domains(seed: int = 0, split_seed: int = 0, size: int = 16, target_fraction: float = 0.5,
                        source_test_fraction: float = 0.3, target_test_fraction: float = 0.4,
-                       device: str | torch.device = "cpu") -> DigitDomains:
+                       device: str | torch.device = "cpu", target_val_fraction: float = 0.0,
+                       **rendering) -> DigitDomains:
     """Compact DNN DA reproduction (arXiv:1703.04071): split sklearn digits (stratified, ``split_seed``)
     into a source half and a disjoint target half; source -> train/test grey RGB; target rendered with
-    :func:`render_target_domain` (``seed``) -> adapt (unlabeled for training) / test, labels guarded."""
+    :func:`render_target_domain` (``seed``, ``rendering`` keywords such as ``colour_gap``) -> test, an
+    optional labeled validation part (``target_val_fraction`` of the target half; for setting choices,
+    never test) and adapt (unlabeled for training); target labels guarded."""
     for name, frac in (("target_fraction", target_fraction), ("source_test_fraction", source_test_fraction),
                        ("target_test_fraction", target_test_fraction)):
         if not 0 < frac < 1:
             raise InputError(f"{name} must lie in (0, 1), got {frac}")
+    if not 0 <= target_val_fraction < 1 - target_test_fraction:
+        raise InputError(f"target_val_fraction must lie in [0, 1 - target_test_fraction), got {target_val_fraction}")
     src = 1 - target_fraction
     data = create_dataset("digits", size=size, split_seed=split_seed,
                           fractions=(src * (1 - source_test_fraction), src * source_test_fraction, target_fraction))
-    target_x = render_target_domain(data.test.x, seed=seed)
+    target_x, target_y = render_target_domain(data.test.x, seed=seed, **rendering), data.test.y
     n_test = round(target_test_fraction * len(target_x))  # the digits split is already shuffled
+    n_val = n_test + round(target_val_fraction * len(target_x))
     dev = torch.device(device)
+    part = lambda a, b: GuardedSplit(target_x[a:b].to(dev), target_y[a:b].to(dev))  # noqa: E731
     return DigitDomains(
         source_train=Split(grey_to_rgb(data.train.x).to(dev), data.train.y.to(dev)),
         source_test=Split(grey_to_rgb(data.val.x).to(dev), data.val.y.to(dev)),
-        target_adapt=GuardedSplit(target_x[n_test:].to(dev), data.test.y[n_test:].to(dev)),
-        target_test=GuardedSplit(target_x[:n_test].to(dev), data.test.y[:n_test].to(dev)),
-        num_classes=data.num_classes)
+        target_adapt=part(n_val, None), target_test=part(0, n_test),
+        num_classes=data.num_classes, target_val=part(n_test, n_val) if n_val > n_test else None)
