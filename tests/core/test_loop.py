@@ -129,3 +129,29 @@ def test_split_accuracy_is_evaluate_classifiers_accuracy_on_x_and_y():
         model.bias.zero_()
     split = SimpleNamespace(x=torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), y=torch.tensor([0, 1, 1]))
     assert split_accuracy(model, split) == 2 / 3
+
+
+class _SeenDevice(Exception):
+    pass
+
+
+class _StopAtFirstBatch(Callback):
+    """Records the device of the first batch the model would see, then aborts training."""
+
+    def on_batch_start(self, s):
+        raise _SeenDevice(s.x.device, s.y.device)
+
+
+def test_train_moves_batches_to_the_model_device_by_default():
+    """Issue 18: no CPU default - CPU batches go to the model's device unless ``device`` says otherwise."""
+    model = make_model().to("meta")
+    with pytest.raises(_SeenDevice) as seen:
+        train(model, Batches(make_data(8), 8), torch.optim.SGD(model.parameters(), 0.1), 1,
+              callbacks=[_StopAtFirstBatch()], progress=False)
+    assert seen.value.args == (torch.device("meta"), torch.device("meta"))
+
+
+def test_train_on_the_test_device_with_cpu_batches(device):
+    model = make_model().to(device)
+    history = train(model, Batches(make_data(16), 8), torch.optim.SGD(model.parameters(), 0.1), 1, progress=False)
+    assert len(history["train_loss"]) == 1 and {p.device for p in model.parameters()} == {torch.device(device)}

@@ -159,18 +159,18 @@ _nullcontext = _NullContext()
 
 def train(model: torch.nn.Module, data: Iterable, optimizer: torch.optim.Optimizer, epochs: int, *,
           loss_fn: Callable = F.cross_entropy, callbacks: Iterable[Callback] = (),
-          ghost_size: int | None = None, device: str | torch.device = "cpu",
+          ghost_size: int | None = None, device: str | torch.device | None = None,
           evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
           checkpoint: str | Path | None = None, progress: bool = True,
           desc: str = "train") -> dict[str, list[float]]:
     """Train ``model`` for ``epochs`` over ``data`` (an iterable of (x, y) batches, re-iterated per
-    epoch; ``data.set_epoch(e)`` is called when present). Returns the per-epoch history
-    (``train_loss`` plus whatever ``evaluate(model)`` returns, evaluated in eval mode).
+    epoch; ``data.set_epoch(e)`` is called when present) on ``device`` (default: the model's). Returns the
+    per-epoch history (``train_loss`` plus whatever ``evaluate(model)`` returns, evaluated in eval mode).
 
     With ``checkpoint``, the model, optimizer, history and torch RNG are saved atomically at each
     epoch end and training resumes from that file if it exists.
     """
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     callbacks = list(callbacks)
     hooks = _dispatch(callbacks)
     state = TrainState(model, optimizer)

@@ -19,6 +19,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def draw_device(generator: torch.Generator | None, target: str | torch.device) -> torch.device:
+    """Where a random draw for a tensor on ``target`` happens: on ``generator``'s device when one is
+    given (a generator draws only on its own device; move the draw to ``target`` afterwards), else on
+    ``target`` itself (torch's default generator of that device)."""
+    return generator.device if generator is not None else torch.device(target)
+
+
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
     """sha256[:12] over honed's own .py files (path + content, sorted): which code produced a result."""
