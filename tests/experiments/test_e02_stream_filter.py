@@ -45,3 +45,19 @@ def test_warm_start_updates_the_model():
     before = model.head.weight.detach().clone()
     warm_start(cfg, model, warm, seed=0)
     assert not torch.equal(before, model.head.weight)
+
+
+def test_stall_state_flags_few_backwards_only_while_losses_sit_near_tau():
+    from types import SimpleNamespace
+
+    from honed.efficient.stream_filter import NEAR_TAU
+    from honed.experiments.e02_stream_filter import stall_state
+
+    def filt(backward, losses):
+        return SimpleNamespace(backward_examples=backward, recent_losses=losses, tau=2.0, min_backward_share=0.05)
+
+    near = [2.0 * NEAR_TAU] * 3
+    stalled = stall_state(filt(103, near), backward_before=100, epoch_examples=100)
+    assert stalled == {"last_epoch_backward_share": 0.03, "recent_loss_over_tau": NEAR_TAU, "stalled": 1.0}
+    assert stall_state(filt(103, [0.1, 0.2, 0.3]), 100, 100)["stalled"] == 0.0  # learned: losses far below tau
+    assert stall_state(filt(110, near), 100, 100)["stalled"] == 0.0  # 10% back-propagated: still training

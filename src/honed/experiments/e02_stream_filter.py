@@ -12,6 +12,7 @@ bag-of-words analogue). ``frozen_layers`` > 0 freezes the embeddings and the bot
 paper's "compatible with layer freezing").
 """
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -23,22 +24,26 @@ import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
-from honed.efficient.stream_filter import StreamFilter
+from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
+                                   register_experiment)
+from honed.efficient.stream_filter import NEAR_TAU, StreamFilter
 
 ARMS = ("full", "random_skip", "threshold_only", "three_stage")
+FORWARD_SKIP_SHARE = 0.1  # the card's "non-trivial share of forwards", read as at least a tenth
 
 
 @dataclass(frozen=True)
 class StreamFilterConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset."""
+    """Defaults are the ``small`` preset: 3 seeds, so the count-based claims (backward reduction, forward
+    skips) get a t interval over seeds, and every BBC News test article, so the paired accuracy
+    intervals are as narrow as this split allows."""
 
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     tiny_encoder: bool = False  # random 2-layer encoder: smoke preset only, not pretrained
     base_train_docs: int = 100
     duplicates: int = 2
-    warm_docs: int = 100   # card: warm start = one pass on the 10% split
-    test_docs: int = 200
+    warm_docs: int = 223   # card: warm start = one pass on the 10% split (all of BBC News' validation split)
+    test_docs: int = 444  # all of BBC News' 20% test split (split_seed 0)
     max_seq_len: int = 64
     drop_words: float = 0.1
     epochs: int = 2
@@ -121,11 +126,13 @@ def make_optimizer(cfg: StreamFilterConfig, model: torch.nn.Module, total_steps:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, split: dict[str, Any], batch: int = 32) -> float:
+def correct_per_doc(model: torch.nn.Module, split: dict[str, Any], batch: int = 32) -> list[float]:
+    """1.0 / 0.0 per document of ``split`` (in order): its mean is the accuracy, and claims on it get a
+    paired bootstrap interval."""
     model.eval()
-    hits = sum(int((per_example_logits(model, split, s, batch).argmax(1) == split["y"][s:s + batch]).sum())
-               for s in range(0, len(split["y"]), batch))
-    return hits / len(split["y"])
+    hits = [(per_example_logits(model, split, s, batch).argmax(1) == split["y"][s:s + batch]).float().cpu()
+            for s in range(0, len(split["y"]), batch)]
+    return torch.cat(hits).tolist()
 
 
 def per_example_logits(model: torch.nn.Module, split: dict[str, Any], start: int, batch: int) -> torch.Tensor:
@@ -160,8 +167,9 @@ def train_arm(cfg: StreamFilterConfig, arm: str, start: torch.nn.Module, data: d
                         cfg.predictor_loss_threshold, cfg.predictor_window, cfg.threshold_window,
                         scheduler=scheduler, max_stage=1 if arm == "threshold_only" else 2)
     order_rng, keep_rng = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    began = time.perf_counter()
+    began, backward_before = time.perf_counter(), 0
     for _ in range(cfg.epochs):
+        backward_before = filt.counters()["backward_examples"]
         order = torch.randperm(len(stream["y"]), generator=order_rng)
         if arm == "random_skip":  # same expected backward budget, chosen without looking at losses
             order = order[torch.rand(len(order), generator=keep_rng) < keep_prob]
@@ -175,10 +183,20 @@ def train_arm(cfg: StreamFilterConfig, arm: str, start: torch.nn.Module, data: d
     wall = time.perf_counter() - began
     c = filt.counters()
     seen = cfg.epochs * len(stream["y"])  # examples offered to the arm (random_skip drops some unseen)
-    return {"test_acc": accuracy(model, data["test"]), "forward_examples": c["forward_examples"],
+    return {"test_acc": correct_per_doc(model, data["test"]), "forward_examples": c["forward_examples"],
             "backward_examples": c["backward_examples"], "forward_skipped_share": c["forward_skipped"] / seen,
             "backward_skip_ratio": 1 - c["backward_examples"] / seen, "wall_s": wall,
-            "reached_stage": c["stage"], "tau": c["tau"]}
+            "reached_stage": c["stage"], "tau": c["tau"], **stall_state(filt, backward_before, len(stream["y"]))}
+
+
+def stall_state(filt: StreamFilter, backward_before: int, epoch_examples: int) -> dict[str, float]:
+    """The stream filter's own stall test on the last epoch: fewer than ``min_backward_share`` of its
+    examples back-propagated while the latest forwarded losses still sit near tau (median >= NEAR_TAU
+    tau). A model whose losses fell well below tau skipping most examples is the method working."""
+    share = (filt.backward_examples - backward_before) / epoch_examples
+    ratio = float(np.median(filt.recent_losses)) / filt.tau if filt.recent_losses and filt.tau > 0 else math.nan
+    stalled = share < filt.min_backward_share and not ratio < NEAR_TAU
+    return {"last_epoch_backward_share": share, "recent_loss_over_tau": ratio, "stalled": float(stalled)}
 
 
 @register_experiment
@@ -199,9 +217,12 @@ class StreamFilterExperiment(Experiment):
     components = ("honed.efficient.stream_filter:StreamFilter",)
     reconstructed = ("predictor-loss threshold c = 0.35 (a CLI argument in the reference; no default given)",
                      "random_skip keeps each example with probability budget/total (expected budget match)",
+                     "the card's 'non-trivial share of forwards' skipped is read as >= 10% of the offered examples "
+                     "(FORWARD_SKIP_SHARE; the card gives no number)",
                      "learning rates 5e-5 encoder / 1e-3 head (the reference uses one AdamW rate for DistilBERT; "
                      "the head is new here and gets a larger rate; fixed before any run)")
     claims_tested = (">= 3x fewer backward passes than full fine-tuning (issue; paper up to 5x)",
+                     "stage 2 skips a non-trivial share of forwards (card; only this method skips forwards)",
                      "accuracy loss <= 1 point vs full fine-tuning",
                      "better than random backward skipping at equal backward budget")
 
@@ -219,23 +240,55 @@ class StreamFilterExperiment(Experiment):
         budget = arms["three_stage"]["backward_examples"] / arms["full"]["backward_examples"]
         arms["random_skip"] = ctx.cached("random_skip", lambda: train_arm(cfg, "random_skip", start, data, seed,
                                                                           keep_prob=budget))
+        warm_correct = correct_per_doc(start, data["test"])
         extra = {"stream_examples": len(rows["stream"]), "classes": rows["classes"],
-                 "duplicate_ratio": cfg.duplicates / (1 + cfg.duplicates), "warm_start_acc": accuracy(start, data["test"]),
+                 "duplicate_ratio": cfg.duplicates / (1 + cfg.duplicates),
+                 "warm_start_acc": sum(warm_correct) / len(warm_correct),
+                 "majority_share": max(data["test"]["y"].bincount().tolist()) / len(data["test"]["y"]),
                  "encoder": "tiny random BERT (smoke only)" if cfg.tiny_encoder else
                  f"all-MiniLM-L6-v2 ({cfg.frozen_layers} bottom layers frozen)"}
-        return SeedOutput(arms={a: {k: float(v) for k, v in m.items()} for a, m in arms.items()}, extra=extra)
+        return SeedOutput(arms=arms, extra=extra)
 
     def claims(self, cfg: StreamFilterConfig, result: Any) -> list[Claim]:
-        full_bwd, ours_bwd = result.mean("full", "backward_examples"), result.mean("three_stage", "backward_examples")
+        m = result.metric
+        live = ("tau frozen below chance loss", "three_stage did not stall")
+        fit = lambda *arms: live + tuple(f"{a} above chance" for a in arms)  # noqa: E731
         return [
-            Claim.check("backward_reduction_x", full_bwd / max(ours_bwd, 1.0), ">=", 3.0,
-                        "issue: >= 3x fewer backward passes (paper: up to 5x fewer examples)"),
-            Claim.check("acc_loss_vs_full", result.mean("full", "test_acc") - result.mean("three_stage", "test_acc"),
-                        "<=", 0.01, "minor accuracy loss (issue: <= 1 point)"),
-            Claim.check("acc_gain_vs_random_skip", result.mean("three_stage", "test_acc")
-                        - result.mean("random_skip", "test_acc"), ">=", 0.0,
-                        "card: better than random backward skipping at equal backward count"),
+            Claim.check("backward reduction full / three_stage", m("full", "backward_examples")
+                        / m("three_stage", "backward_examples"), ">=", 3.0,
+                        "issue: >= 3x fewer backward passes (paper: up to 5x fewer examples; card: >= 2x at this "
+                        "scale)", metric="backward_examples", requires=live),
+            Claim.check("three_stage forward-skipped share", m("three_stage", "forward_skipped_share"), ">=",
+                        FORWARD_SKIP_SHARE, "card: (d) skips a non-trivial share of forwards (only this method skips "
+                        "forwards); read as at least a tenth of the offered examples", metric="forward_skipped_share",
+                        requires=live),
+            Claim.check("full - three_stage test acc", m("full", "test_acc") - m("three_stage", "test_acc"), "<=",
+                        0.01, "minor accuracy loss (issue: <= 1 point; card: within ~1-2 pts)", metric="test_acc",
+                        requires=fit("full", "three_stage")),
+            Claim.check("three_stage - random_skip test acc",
+                        m("three_stage", "test_acc") - m("random_skip", "test_acc"), ">", 0.0,
+                        "card: better than random backward skipping at equal backward count", metric="test_acc",
+                        requires=fit("three_stage", "random_skip")),
         ]
+
+    def preconditions(self, cfg: StreamFilterConfig, result: Any) -> list[Precondition]:
+        # chance = always the test split's majority class
+        majority = result.extra["majority_share"]["mean"]
+        classes = result.extra["classes"]["mean"]
+        return arms_above_chance(result, ARMS, "test_acc", majority, 0.3) + [Precondition.check(
+            "tau frozen below chance loss", result.metric("three_stage", "tau"), "<", float(np.log(classes)),
+            "tau is frozen after stage 0: at the chance loss ln(C) of an untrained model the filter back-propagates "
+            "only the hardest examples and the skip shares measure an untrained threshold, not the method"),
+            Precondition.check(
+                "three_stage did not stall", result.metric("three_stage", "stalled"), "<", 0.5,
+                "share of seeds whose last epoch stalled (StreamFilter's own test: under min_backward_share of it "
+                "back-propagated while the latest losses sit near tau): a stalled filter's skip ratios count a run "
+                "that stopped training, not the method")]
+
+    def invariants(self, cfg: StreamFilterConfig, result: Any) -> list[Invariant]:
+        gap = min(result.mean(a, "backward_skip_ratio") - result.mean(a, "forward_skipped_share") for a in ARMS)
+        return [Invariant.check("backward-skip share - forward-skip share (worst arm)", gap, ">=", 0.0,
+                                "an example whose forward is skipped is never back-propagated (card bookkeeping test)")]
 
     def notes(self, cfg: StreamFilterConfig, result: Any) -> list[str]:
         extra = {k: v.get("mean", v.get("values")) for k, v in result.extra.items()}
@@ -248,9 +301,19 @@ class StreamFilterExperiment(Experiment):
             notes.append(f"tau = {tau:.3f} was frozen after stage 0 while the model was still near chance loss "
                          f"ln(C) = {chance_loss:.3f} (full training's last-window loss {result.mean('full', 'tau'):.3f}): "
                          "stage 1 then back-propagates only the hardest examples")
+        notes.append(f"three_stage back-propagated {result.mean('three_stage', 'last_epoch_backward_share'):.1%} of "
+                     f"its last epoch's examples; its latest forwarded losses have median "
+                     f"{result.mean('three_stage', 'recent_loss_over_tau'):.2f} tau; stalled in "
+                     f"{result.mean('three_stage', 'stalled'):.0%} of seeds (StreamFilter's test: few back-propagated "
+                     f"while the losses sit at >= {NEAR_TAU} tau)")
         if result.mean("three_stage", "reached_stage") < 2:
             notes.append("three_stage never reached stage 2 within the run: no forwards were skipped")
         notes.append(f"three_stage skipped {result.mean('three_stage', 'forward_skipped_share'):.0%} of examples' "
                      f"forwards and {result.mean('three_stage', 'backward_skip_ratio'):.0%} of backwards; wall time "
                      f"{result.mean('three_stage', 'wall_s'):.1f} s vs full {result.mean('full', 'wall_s'):.1f} s")
+        accs = ", ".join(f"{a} {result.mean(a, 'test_acc'):.4f}" for a in ARMS)
+        notes.append(f"test accuracy (mean over seeds): {accs}; backward examples: random_skip "
+                     f"{result.mean('random_skip', 'backward_examples'):.0f} vs three_stage "
+                     f"{result.mean('three_stage', 'backward_examples'):.0f} (random_skip keeps each example "
+                     "with the matching probability: equal in expectation)")
         return notes
