@@ -206,3 +206,15 @@ def test_l1_importance_and_equal_macs_keep_sets():
     assert keep["0"].tolist() == list(range(4 - k, 4))  # the filters of largest L1 norm survive
     with pytest.raises(InputError, match="importance"):
         channel_importance(model, groups[0], "taylor")
+
+
+def test_channel_importance_follows_the_model_device():
+    """Issue 18: scores live on the model's device; a CPU generator draws on the CPU, then moves (so a
+    seed gives the same random scores on every device)."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3))
+    group = find_channel_groups(model, torch.rand(1, 1, 8, 8))[0]
+    on_cpu = channel_importance(model, group, "random", cpu_generator(1))
+    assert torch.equal(on_cpu, torch.rand(4, generator=cpu_generator(1)))
+    model.to(META)
+    assert_on(META, channel_importance(model, group, "random", cpu_generator(1)), channel_importance(model, group))

@@ -110,3 +110,22 @@ def test_head_pruning_shrinks_qkv_and_output_on_tiny_bert():
     assert attn.output.dense.weight.shape == (64, 64 - head)
     out = encoder(input_ids=ids).last_hidden_state
     assert out.shape == (2, 7, 64) and torch.isfinite(out).all()
+
+
+def test_draws_with_a_cpu_generator_land_on_the_weight_device():
+    """Issue 18: a CPU generator draws on the CPU and the result moves to the weight's device."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    weight = torch.randn(6, 5, device=META)
+    assert_on(META, dsee.select_support(weight, 4, "rp", cpu_generator()),
+              dsee.grebsmo_sparse(weight, outer=2, inner=1, generator=cpu_generator()))
+
+
+def test_dsee_linear_on_the_test_device_matches_its_cpu_build(device):
+    """One seed, one adapter: DSEELinear built on ``device`` with a CPU generator equals the CPU build."""
+    from tests.device_checks import assert_on, cpu_generator
+    torch.manual_seed(0)
+    base = torch.nn.Linear(5, 6)
+    on_cpu = dsee.DSEELinear(base, rank=2, sparse_n=3, omega="rp", generator=cpu_generator())
+    moved = dsee.DSEELinear(base.to(device), rank=2, sparse_n=3, omega="rp", generator=cpu_generator())
+    assert_on(device, *moved.parameters())
+    assert torch.equal(moved.lora_a.cpu(), on_cpu.lora_a) and torch.equal(moved.sparse_index.cpu(), on_cpu.sparse_index)

@@ -207,3 +207,22 @@ def test_cost_columns_effective_macs_of_a_conv():
     cols = cost_columns(conv, torch.rand(1, 1, 4, 4), mask, repeats=2, warmup=1)
     assert cols["macs_dense"] == 2 * 9 * 16 and cols["macs_effective"] == 16
     assert ones_mask(conv)["weight"].all()
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_shuffle_mask_stays_on_the_mask_device_with_a_cpu_generator(scope):
+    from tests.device_checks import META, assert_on, cpu_generator
+    mask = {"a": torch.ones(4, 4, dtype=torch.bool, device=META), "b": torch.ones(3, dtype=torch.bool, device=META)}
+    assert_on(META, shuffle_mask(mask, cpu_generator(), scope))
+
+
+def test_random_prune_on_the_test_device_keeps_the_cpu_mask(device):
+    """Issue 18: random scores are drawn on the generator's device, so one seed prunes the same weights
+    on every device; the mask lives on the weights' device."""
+    from tests.device_checks import assert_on, cpu_generator
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    on_cpu = random_prune(model, 0.5, generator=cpu_generator(2))
+    moved = random_prune(model.to(device), 0.5, generator=cpu_generator(2))
+    assert_on(device, moved)
+    assert all(torch.equal(moved[k].cpu(), on_cpu[k]) for k in on_cpu)

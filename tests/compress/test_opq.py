@@ -281,3 +281,11 @@ def test_attaching_twice_or_a_bad_plan_is_refused_before_anything_is_attached():
     assert quantized_layers(fresh) == {}  # the good plans before it were not attached either
     with pytest.raises(InputError, match="not a module weight"):
         attach_quantizers(fresh, {"nope.weight": bad[last]})
+
+
+def test_global_ratios_run_on_the_weights_device(device):
+    """Issue 18: the 'total' allocation works on weights on any device and gives the CPU ratios."""
+    torch.manual_seed(0)
+    weights = [torch.randn(40), torch.randn(8, 10) * 3]
+    on_cpu = allocate_sparsity(weights, 0.5, prune_err="total")
+    assert allocate_sparsity([w.to(device) for w in weights], 0.5, prune_err="total") == on_cpu

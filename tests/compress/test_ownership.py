@@ -299,3 +299,19 @@ def test_bad_codes_and_texts_are_clear_errors():
         qr_encode("ok", mask_pattern=8)
     with pytest.raises(InputError, match="per_step"):
         TriggerMixCallback(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), per_step=0)
+
+
+def test_trigger_set_is_drawn_on_the_generator_device(device):
+    """Issue 18: every tensor of the trigger set comes from the given generator's device."""
+    from tests.device_checks import assert_on
+    x, y = make_trigger_set(4, (1, 6, 6), generator=torch.Generator(device).manual_seed(1))
+    assert_on(device, x, y)
+    again, _ = make_trigger_set(4, (1, 6, 6), generator=torch.Generator(device).manual_seed(1))
+    assert torch.equal(x, again)
+
+
+def test_extracted_signature_lies_on_the_source_device():
+    from tests.device_checks import META, assert_on
+    mask = {"w": torch.ones(40, 40, 3, 3, dtype=torch.bool, device=META)}
+    code = torch.zeros(29, 29, dtype=torch.bool)
+    assert_on(META, extract_signature(mask, SignatureKey("w", 2, 3), code))

@@ -152,3 +152,12 @@ def test_inconsistent_layer_is_refused_at_write(tmp_path):
     with pytest.raises(InputError, match="codes for"):
         write_packed(tmp_path / "bad.hpq", {"w": layer}, {})
     assert not (tmp_path / "bad.hpq").exists()
+
+
+def test_decoded_weight_lies_on_the_codes_device(device):
+    """Issue 18: decoding builds its level tensor on the codes' device."""
+    layer = CompressedLayer((2, 2), torch.tensor([[True, False], [True, True]], device=device),
+                            torch.tensor([0, 2, 1], device=device), 2, 1.0,
+                            torch.tensor([0.5, -1.0], device=device), torch.tensor([0.25], device=device))
+    weight = layer.weight()
+    assert weight.device == torch.device(device) and weight.tolist() == [[0.25, 0.0], [-0.75, -1.0]]

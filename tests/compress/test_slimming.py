@@ -73,3 +73,10 @@ def test_keep_sets_follow_one_global_threshold_across_groups():
     dropped = torch.cat([scores[n][[i for i in range(len(s)) if i not in keep[n].tolist()]]
                          for n, s in scores.items()])
     assert kept.min() > dropped.max()  # every kept score above every removed one
+
+
+def test_bn_importance_stays_on_the_bn_device():
+    from tests.device_checks import META, assert_on
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3))
+    group = find_channel_groups(model, torch.rand(1, 1, 8, 8))[0]
+    assert_on(META, bn_importance(model.to(META), group))

@@ -315,3 +315,27 @@ def test_bad_input_raises_one_clear_error():
         net(torch.rand(2, 3, 8, 8))
     with pytest.raises(InputError, match="kernels"):
         SuperNet(kernels=(3, 4))
+
+
+def test_supernet_builds_where_asked_and_its_penalty_follows_it():
+    """Issue 18: SuperNet(device=...) lives there (torch's default device when None); an empty
+    penalty is a zero on the model's device."""
+    from honed.compress.supernet import nas_penalty
+    from tests.device_checks import META, assert_on
+    assert_on(META, *SuperNet(device=META).parameters())
+    assert_on("cpu", *SuperNet().parameters())
+    bare = SuperNet(device=META)
+    bare.blocks = torch.nn.ModuleList()
+    assert_on(META, nas_penalty(bare, {}))
+
+
+def test_recalibrate_bn_moves_cpu_batches_to_the_model_device(device):
+    from torch import nn
+
+    from tests.device_checks import assert_on
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), torch.rand(4, 1, 6, 6)
+    on_cpu = recalibrate_bn(net, [(x, None)])[1].running_mean.clone()
+    recalibrate_bn(net.to(device), [(x, None)])
+    assert_on(device, *net.buffers())
+    assert torch.allclose(net[1].running_mean.cpu(), on_cpu, atol=1e-6)

@@ -22,6 +22,8 @@ from torch import nn
 from honed.compress.channel_trace import (ChannelGroup, ChannelTrace, Consumer, Producer, eval_mode,
                                           find_channel_groups, positions_of, trace_channels)
 from honed.core.errors import InputError
+from honed.core.loop import model_device
+from honed.core.seed import draw_device
 
 __all__ = ["ChannelGroup", "ChannelTrace", "Consumer", "LayerCost", "Producer", "channel_importance", "positions_of",
            "find_channel_groups", "fold_channel_scale", "keep_top", "layer_costs", "macs_from_counts",
@@ -236,18 +238,19 @@ def channel_importance(model: nn.Module, group: ChannelGroup, kind: str = "l1",
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """L1-norm filter importance (Li et al., arXiv:1608.08710): per channel, the sum over the group's
     producing convs (``groups=1``) of the L1 norm of its filter; ``kind="random"`` draws uniform scores
-    instead."""
+    instead. Returns (C,) scores on the model's device."""
+    device = model_device(model)
     if kind == "random":
-        return torch.rand(group.channels, generator=generator)
+        return torch.rand(group.channels, generator=generator, device=draw_device(generator, device)).to(device)
     if kind != "l1":
         raise InputError(f"importance must be 'l1' or 'random', got {kind!r}")
-    score = torch.zeros(group.channels)
+    score = torch.zeros(group.channels, device=device)
     for producer in group.producers:
         layer = model.get_submodule(producer.layer)
         if isinstance(layer, nn.Conv2d) and layer.groups == 1:
             weight = layer.weight.detach().index_select(0, torch.tensor(positions_of(producer, group.channels),
                                                                         device=layer.weight.device))
-            score += weight.abs().flatten(1).sum(1).cpu()
+            score += weight.abs().flatten(1).sum(1).to(device)
     return score
 
 

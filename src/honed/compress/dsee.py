@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 
 OmegaMode = Literal["grebsmo", "omp", "rp"]
 ScoreMode = Literal["ABS", "WABS", "W"]
@@ -32,7 +33,7 @@ def grebsmo_sparse(weight: torch.Tensor, outer: int = 100, inner: int = 2, tol: 
     rank passes min(d_out, d_in) and S vanishes). Returns S (d_out, d_in).
     """
     w = weight.detach().float()
-    v = torch.randn(1, w.shape[1], generator=generator, device=w.device)
+    v = torch.randn(1, w.shape[1], generator=generator, device=draw_device(generator, w.device)).to(w.device)
     s = torch.zeros_like(w)
     for _ in range(outer):
         s = torch.zeros_like(w)
@@ -57,7 +58,8 @@ def select_support(weight: torch.Tensor, n: int, mode: OmegaMode = "grebsmo",
     elif mode == "omp":
         score = weight.detach().abs()
     elif mode == "rp":
-        score = torch.rand(weight.shape, generator=generator, device=weight.device)
+        score = torch.rand(weight.shape, generator=generator, device=draw_device(generator, weight.device))
+        score = score.to(weight.device)
     else:
         raise InputError(f"omega mode must be grebsmo, omp or rp, got {mode!r}")
     mask = torch.zeros(weight.numel(), device=weight.device)
@@ -82,8 +84,7 @@ class DSEELinear(torch.nn.Module):
         w = base.weight.detach()
         self.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
         self.bias = None if base.bias is None else torch.nn.Parameter(base.bias.detach().clone(), requires_grad=False)
-        gen_device = generator.device if generator is not None else w.device
-        a = torch.randn(rank, w.shape[1], generator=generator, device=gen_device) * 0.02
+        a = torch.randn(rank, w.shape[1], generator=generator, device=draw_device(generator, w.device)) * 0.02
         self.lora_a = torch.nn.Parameter(a.to(w.device))
         self.lora_b = torch.nn.Parameter(torch.zeros(w.shape[0], rank, device=w.device))
         support = select_support(w, sparse_n, omega, generator)
@@ -256,7 +257,8 @@ def prune_heads(self_attention: torch.nn.Module, output_dense: torch.nn.Linear, 
     and mask) and the matching input columns of the attention output projection."""
     n, size = self_attention.num_attention_heads, self_attention.attention_head_size
     keep_heads = [h for h in range(n) if h not in set(heads)]
-    rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep_heads])
+    device = self_attention.query.weight.device
+    rows = torch.cat([torch.arange(h * size, (h + 1) * size, device=device) for h in keep_heads])
     for name in ("query", "key", "value"):
         proj = getattr(self_attention, name)
         if isinstance(proj, DSEELinear):

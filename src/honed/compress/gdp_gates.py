@@ -20,7 +20,7 @@ class ChannelGate(nn.Module):
     """GDP (arXiv:2109.02220) gate vector g of shape (C,): multiplies (N, C, ...) maps channel-wise.
     Initialised to ``init`` (card: 1, marked (R))."""
 
-    def __init__(self, channels: int, init: float = 1.0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, channels: int, init: float = 1.0, device: str | torch.device | None = None) -> None:
         super().__init__()
         if channels < 1:
             raise InputError(f"a gate needs at least one channel, got {channels}")
@@ -76,7 +76,8 @@ class GateAttachment:
         parts: dict[str, list] = {}
         for group, gate in zip(groups, self.gates):
             for producer in group.producers:
-                pos = None if producer.positions is None else torch.tensor(positions_of(producer, group.channels))
+                pos = None if producer.positions is None else torch.tensor(positions_of(producer, group.channels),
+                                                                           device=device)
                 parts.setdefault(producer.site, []).append((gate, pos))
         self.hooks = {site: GateHook(p, _out_width(model.get_submodule(site))) for site, p in parts.items()}
         self.handles: list = []

@@ -86,13 +86,13 @@ class RewindCapture(Callback):
 class StepTrainer:
     """A ``train_fn`` for IMP: a fresh optimizer (``make_optimizer(params)``, default Adam 1e-3) and
     ``total_steps - start_step`` steps over ``data`` (an iterable of (x, y) batches with ``len``,
-    e.g. ``honed.data.Batches``) with ``honed.core.loop.train``."""
+    e.g. ``honed.data.Batches``) with ``honed.core.loop.train``, on ``device`` (default: the model's)."""
 
     data: Iterable
     total_steps: int
     make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = \
         lambda params: torch.optim.Adam(params, lr=1e-3)
-    device: str | torch.device = "cpu"
+    device: str | torch.device | None = None
 
     def __call__(self, model: nn.Module, start_step: int, callbacks: list[Callback]) -> None:
         steps = self.total_steps - start_step
@@ -206,8 +206,9 @@ def train_ticket(model: nn.Module, rewind_state: dict[str, torch.Tensor], mask: 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Re-draw every parameter with its module's own ``reset_parameters`` under ``seed`` (without
-    touching the global RNG); returns ``model``."""
-    with torch.random.fork_rng(devices=[]):
+    touching the global RNG, the CUDA generators of the model's devices included); returns ``model``."""
+    cuda = sorted({t.device.index for t in [*model.parameters(), *model.buffers()] if t.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for module in model.modules():
             if hasattr(module, "reset_parameters"):

@@ -27,6 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
+from honed.core.seed import draw_device
 
 Mask = dict[str, torch.Tensor]
 SCOPES = ("global", "layerwise")
@@ -291,20 +292,25 @@ def random_prune(model: nn.Module, sparsity: float, scope: str = "global", curre
     """LTH random-pruning control (arXiv:1803.03635): like :func:`magnitude_prune` with uniformly
     random scores instead of |w| (seed it with ``generator``)."""
     targets = _targets(model, current, ignore)
-    scores = {k: torch.rand(p.shape, generator=generator) for k, p in targets.items()}
+    scores = {k: torch.rand(p.shape, generator=generator, device=draw_device(generator, p.device)).to(p.device)
+              for k, p in targets.items()}
     cur = None if current is None else {k: current[k] for k in targets}
     out = prune_by_score(scores, sparsity, scope, cur)
     return {**(current or {}), **out}
+
+
+def _permutation(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A random permutation of range(n) on ``device``, drawn on the generator's device."""
+    return torch.randperm(n, generator=generator, device=draw_device(generator, device)).to(device)
 
 
 def shuffle_mask(mask: Mask, generator: torch.Generator | None = None, scope: str = "layerwise") -> Mask:
     """open_lth's randomly_prune control: permute the kept positions at random, keeping each layer's
     density (``layerwise``) or only the total density (``global``)."""
     if scope == "layerwise":
-        return {k: v.flatten()[torch.randperm(v.numel(), generator=generator)].view_as(v)
-                for k, v in mask.items()}
+        return {k: v.flatten()[_permutation(v.numel(), generator, v.device)].view_as(v) for k, v in mask.items()}
     if scope != "global":
         raise InputError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     flat = torch.cat([v.flatten() for v in mask.values()])
-    flat = flat[torch.randperm(flat.numel(), generator=generator)]
+    flat = flat[_permutation(flat.numel(), generator, flat.device)]
     return {k: part.view_as(mask[k]) for k, part in zip(mask, flat.split([v.numel() for v in mask.values()]))}

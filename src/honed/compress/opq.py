@@ -84,7 +84,7 @@ def _global_ratios(weights: Sequence[torch.Tensor], sparsity: float) -> list[flo
     dev = [(w.reshape(-1).double() - laplace_fit(w)[0]).abs() for w in weights]
     flat = torch.cat(dev)
     n_prune = round(sparsity * flat.numel())
-    pruned = torch.zeros(flat.numel(), dtype=torch.bool)
+    pruned = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     pruned[torch.sort(flat, stable=True).indices[:n_prune]] = True
     return [float(p.sum()) / p.numel() for p in pruned.split([d.numel() for d in dev])]
 

@@ -157,7 +157,7 @@ def embed_signature(mask: Mask, code: torch.Tensor, key: SignatureKey | None = N
     window = new[key.row:key.row + QR_SIZE, key.col:key.col + QR_SIZE].flatten(2)  # view
     cells, on, code_d = data_cells().to(host.device), connectivity(window[..., None]), code.to(host.device)
     turn_on = (cells & code_d & ~on).nonzero()
-    pick = torch.randint(window.shape[2], (len(turn_on),), generator=gen).to(host.device)
+    pick = torch.randint(window.shape[2], (len(turn_on),), generator=gen, device=gen.device).to(host.device)
     window[turn_on[:, 0], turn_on[:, 1], pick] = True
     window[cells & ~code_d & on] = False
     out = {**mask, key.layer: new}
@@ -201,7 +201,8 @@ def _shift_entries(tensor: torch.Tensor, diff: int, protected: torch.Tensor | No
     if diff > 0:
         allowed = flat if protected is None else flat & ~protected[..., None]
         candidates = allowed.nonzero()
-        for j, i, p in candidates[torch.randperm(len(candidates), generator=gen).to(tensor.device)].tolist():
+        order = torch.randperm(len(candidates), generator=gen, device=gen.device).to(tensor.device)
+        for j, i, p in candidates[order].tolist():
             if diff == 0:
                 break
             if counts[j, i] > 1:
@@ -210,7 +211,7 @@ def _shift_entries(tensor: torch.Tensor, diff: int, protected: torch.Tensor | No
     regions = [torch.ones_like(counts, dtype=torch.bool)] if priority is None else [priority, ~priority]
     for region in regions:
         free = ((~flat) & ((counts > 0) & region)[..., None]).nonzero()
-        take = free[torch.randperm(len(free), generator=gen).to(tensor.device)[:-diff]]
+        take = free[torch.randperm(len(free), generator=gen, device=gen.device).to(tensor.device)[:-diff]]
         flat[take[:, 0], take[:, 1], take[:, 2]] = True
         diff += len(take)
     return diff
@@ -219,17 +220,17 @@ def _shift_entries(tensor: torch.Tensor, diff: int, protected: torch.Tensor | No
 def extract_signature(source: Mask | nn.Module, key: SignatureKey, code: torch.Tensor) -> torch.Tensor:
     """arXiv:2111.00162 step 2f: crop the keyed window of ``source``'s connectivity (a mask, or a
     model whose zero weights are pruned) and restore the function patterns from the owner's
-    ``code`` -> (29, 29) bool bits."""
+    ``code`` -> (29, 29) bool bits on the source's device."""
     code = check_code(code)
     tensor = _host_tensor(source, key.layer)
     _check_key(tensor, key)
-    bits = connectivity(tensor)[key.row:key.row + QR_SIZE, key.col:key.col + QR_SIZE].cpu()
-    return torch.where(data_cells(), bits, code.cpu())
+    bits = connectivity(tensor)[key.row:key.row + QR_SIZE, key.col:key.col + QR_SIZE]
+    return torch.where(data_cells().to(bits.device), bits, code.to(bits.device))
 
 
 def read_signature(source: Mask | nn.Module, key: SignatureKey, code: torch.Tensor) -> SignatureReading:
     """Verification (arXiv:2111.00162 step 2f): bit-error rate on data modules and QR decode."""
-    bits = extract_signature(source, key, code)
+    bits = extract_signature(source, key, code).cpu()  # a 29x29 readout, decoded by the qrcode library
     cells = data_cells()
     ber = float((bits[cells] != code.cpu()[cells]).float().mean())
     return SignatureReading(key, ber, qr_decode(bits))
@@ -294,20 +295,22 @@ def make_trigger_set(n: int, shape: tuple[int, ...] = (1, 16, 16), num_classes: 
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Abstract trigger images (Adi et al. style; arXiv:2111.00162 scheme 3): x (n, C, H, W) in [0, 1],
     even indices uniform noise, odd ones sine gratings of random angle, period and phase; labels y (n,)
-    uniform random in [0, num_classes)."""
+    uniform random in [0, num_classes). Drawn on the generator's device (default: a CPU generator seeded 0)."""
     if not isinstance(n, int) or n < 1 or num_classes < 2 or len(shape) != 3 or min(shape) < 1:
         raise InputError(f"need n >= 1, num_classes >= 2 and shape (C, H, W); got n={n!r}, "
                          f"num_classes={num_classes!r}, shape={shape!r}")
     gen = generator or torch.Generator().manual_seed(0)
     c, h, w = shape
-    x = torch.rand(n, c, h, w, generator=gen)
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
+    device = gen.device
+    x = torch.rand(n, c, h, w, generator=gen, device=device)
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                                torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
     for k in range(1, n, 2):
-        angle, period, phase = torch.rand(3, generator=gen) * torch.tensor([3.1416, 4.0, 6.2832])
+        angle, period, phase = torch.rand(3, generator=gen, device=device) * torch.tensor([3.1416, 4.0, 6.2832],
+                                                                                       device=device)
         wave = torch.sin((rows * angle.sin() + cols * angle.cos()) * 6.2832 / (2.0 + period) + phase)
         x[k] = (0.5 + 0.5 * wave).expand(c, h, w)
-    return x, torch.randint(num_classes, (n,), generator=gen)
+    return x, torch.randint(num_classes, (n,), generator=gen, device=device)
 
 
 class TriggerMixCallback(Callback):
@@ -322,14 +325,14 @@ class TriggerMixCallback(Callback):
         self.x, self.y, self.per_step, self.cursor = x, y, per_step, 0
 
     def on_batch_start(self, state: TrainState) -> None:
-        idx = torch.arange(self.cursor, self.cursor + self.per_step) % len(self.x)
+        idx = torch.arange(self.cursor, self.cursor + self.per_step, device=self.x.device) % len(self.x)
         self.cursor = (self.cursor + self.per_step) % len(self.x)
         state.x = torch.cat([state.x, self.x[idx].to(state.x.device, state.x.dtype)])
         state.y = torch.cat([state.y, self.y[idx].to(state.y.device)])
 
 
 def trigger_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     device: str | torch.device = "cpu") -> float:
+                     device: str | torch.device | None = None) -> float:
     """Black-box verification (arXiv:2111.00162 scheme 3): the suspect's accuracy on the trigger set
-    (owner's model ~1, an independent model ~1/num_classes)."""
+    (owner's model ~1, an independent model ~1/num_classes), on the model's device unless ``device``."""
     return evaluate_classifier(model, x, y, device=device)["accuracy"]

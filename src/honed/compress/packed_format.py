@@ -161,7 +161,7 @@ class CompressedLayer:
 
     def weight(self) -> torch.Tensor:
         """The decoded float32 weight (pruned entries exactly 0)."""
-        level = torch.zeros(self.shape, dtype=torch.float32)
+        level = torch.zeros(self.shape, dtype=torch.float32, device=self.codes.device)
         level[self.mask] = self.codes.to(torch.float32) - self.zero
         return codebook_values(level, self.mask, self.offset, self.step)
 

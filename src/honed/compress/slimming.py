@@ -48,17 +48,17 @@ def add_bn_l1_subgradient(model: nn.Module, lam: float) -> None:
 @torch.no_grad()
 def bn_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """|gamma| per channel (shape (channels,)), mean over the group's BatchNorm2d producers (the BN
-    after a conv, or a BN applied to the group further on); InputError if it has none (Network
-    Slimming needs BN scales)."""
+    after a conv, or a BN applied to the group further on), on the BN's device; InputError if it has
+    none (Network Slimming needs BN scales)."""
     scores = []
     for producer in group.producers:
         norm = model.get_submodule(producer.site)
         if isinstance(norm, nn.BatchNorm2d):
             rows = torch.tensor(positions_of(producer, group.channels), device=norm.weight.device)
-            scores.append(norm.weight.detach().index_select(0, rows).abs().cpu())
+            scores.append(norm.weight.detach().index_select(0, rows).abs())
     if not scores:
         raise InputError(f"channel group '{group.name}' has no BatchNorm2d producer: no scale to slim")
-    return torch.stack(scores).mean(0)
+    return torch.stack([s.to(scores[0].device) for s in scores]).mean(0)
 
 
 def keep_above(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from honed.compress.masks import Mask, check_mask
 from honed.core.errors import InputError
+from honed.core.loop import model_device
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -120,7 +121,7 @@ class SuperNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 16,
                  stem_channels: int = 16, block_channels: tuple[int, ...] = (16, 32, 32),
                  strides: tuple[int, ...] = (1, 2, 1), hidden: int = 24, kernels: tuple[int, ...] = (3, 5),
-                 channels_last: bool = False, device: str | torch.device = "cpu") -> None:
+                 channels_last: bool = False, device: str | torch.device | None = None) -> None:
         super().__init__()
         if len(block_channels) != len(strides) or not block_channels:
             raise InputError(f"block_channels {block_channels} and strides {strides} must be non-empty and "
@@ -138,7 +139,7 @@ class SuperNet(nn.Module):
             width, size = out, blocks[-1].out_size
         self.blocks = nn.ModuleList(blocks)
         self.head = MaskedLinear(width, num_classes)
-        self.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        self.to(device=device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -182,7 +183,7 @@ def nas_penalty(model: SuperNet, weights: dict[str, float]) -> torch.Tensor:
     """``sum_b weights[b] * sum_j |gamma_j|`` over the BN_dw scales of the live branches (scalar)."""
     terms = [weights[name] * branch.bn_dw.weight.abs().sum() for name, (_, branch) in branches(model).items()]
     if not terms:
-        return torch.zeros(())
+        return torch.zeros((), device=model_device(model))
     return torch.stack(terms).sum()
 
 
@@ -372,10 +373,12 @@ def export_plain(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable, max_batches: int | None = None,
-                   device: str | torch.device = "cpu") -> nn.Module:
+                   device: str | torch.device | None = None) -> nn.Module:
     """Re-estimate BatchNorm running statistics after structural or mask changes (card 03 pitfall):
     reset them and average over ``batches`` (iterable of (x, y)) in train mode without updating
-    weights. Restores the model's train/eval mode and BN momenta. Returns ``model``."""
+    weights; batches go to ``device`` (default: the model's). Restores the model's train/eval mode and
+    BN momenta. Returns ``model``."""
+    device = model_device(model) if device is None else torch.device(device)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:

@@ -37,7 +37,7 @@ from honed.compress.masks import Mask, check_sparsity, magnitude_prune, sparsity
 from honed.compress.supernet import (SuperNet, channel_counts, get_mask, masked_layers, nas_penalty,
                                      penalty_weights, reset_mask, set_mask, shrink)
 from honed.core.errors import ConfigError
-from honed.core.loop import Callback, TrainState, train
+from honed.core.loop import Callback, TrainState, model_device, train
 from honed.core.measure import count_macs
 
 REACTIVATION = ("reset_at_next_event", "reset_after_event", "none")
@@ -232,14 +232,15 @@ class _CosineLR(Callback):
 
 
 def train_supertickets(model: SuperNet, data: Iterable, schedule: SuperTicketsSchedule, example: torch.Tensor,
-                       lr: float = 0.05, momentum: float = 0.9, device: str | torch.device = "cpu",
+                       lr: float = 0.05, momentum: float = 0.9, device: str | torch.device | None = None,
                        evaluate: Callable | None = None, progress: bool = False) -> SuperTickets:
     """Run SuperTickets on ``model`` in place: SGD (``lr``, ``momentum``, no built-in weight decay),
     cosine lr over ``schedule.epochs``; ``data`` is an iterable of (x, y) batches with ``len`` (e.g.
-    ``honed.data.Batches``). Returns the :class:`SuperTickets` object (trace, ticket mask); the
-    per-epoch ``evaluate(model)`` values land in ``result.history``."""
+    ``honed.data.Batches``), moved to ``device`` (default: the model's). Returns the :class:`SuperTickets`
+    object (trace, ticket mask); the per-epoch ``evaluate(model)`` values land in ``result.history``."""
     if lr <= 0 or not 0 <= momentum < 1:
         raise ConfigError(f"need lr > 0 and momentum in [0, 1), got {lr}, {momentum}")
+    device = model_device(model) if device is None else torch.device(device)
     tickets = SuperTickets(model, schedule, len(data), example.to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     tickets.history = train(model, data, optimizer, schedule.epochs, loss_fn=tickets.loss(),

@@ -39,7 +39,8 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
 
 def full_state(weights: dict[str, torch.Tensor], mask: Mask) -> torch.Tensor:
     """Card 2a: the masked weights of the layers of ``mask`` (in its key order), flattened to one
-    float64 vector of length sum(numel)."""
+    float64 vector of length sum(numel), on the CPU whatever the weights' device (the flow analysis
+    below is a small float64 / NumPy computation over stored levels)."""
     missing = [k for k in mask if k not in weights]
     if missing:
         raise InputError(f"weights have no layer '{missing[0]}' named by the mask")
@@ -50,8 +51,9 @@ def full_state(weights: dict[str, torch.Tensor], mask: Mask) -> torch.Tensor:
 def quantile_state(weights: dict[str, torch.Tensor], mask: Mask, num_quantiles: int = 32) -> torch.Tensor:
     """Card 2b: per layer of ``mask``, ``num_quantiles`` quantiles (levels 0..1 evenly spaced) of |w|
     over the surviving entries, then the layer density; float64 vector of length
-    ``len(mask) * (num_quantiles + 1)``. A layer with no survivor contributes zeros. Invariant to
-    permuting hidden units (it only sees the multiset of surviving magnitudes)."""
+    ``len(mask) * (num_quantiles + 1)``, on the CPU like :func:`full_state`. A layer with no survivor
+    contributes zeros. Invariant to permuting hidden units (it only sees the multiset of surviving
+    magnitudes)."""
     if not isinstance(num_quantiles, int) or num_quantiles < 2:
         raise InputError(f"num_quantiles must be an integer >= 2, got {num_quantiles!r}")
     levels = torch.linspace(0, 1, num_quantiles, dtype=torch.float64)
