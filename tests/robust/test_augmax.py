@@ -169,3 +169,25 @@ def test_bad_inputs():
         norm_route(nn.Sequential(DuBIN(2)), "B").__enter__()
     with pytest.raises(InputError):
         convert_to_dubin(toy_model(), dubin_layers=["nope"])
+
+
+def test_mixing_weights_drawn_on_the_cpu_land_on_the_requested_device():
+    """Issue 18: the draws happen on the generator's device and move to ``device`` (default: where they
+    were drawn)."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    assert_on(META, augmix_weights(3, 2, cpu_generator(), META))
+    w, m = augmix_weights(3, 2, cpu_generator(1))
+    again_w, again_m = augmix_weights(3, 2, cpu_generator(1), "cpu")
+    assert_on("cpu", w, m) and torch.equal(w, again_w) and torch.equal(m, again_m)
+
+
+def test_chains_and_attack_on_the_test_device_match_the_cpu_with_a_cpu_generator(device):
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8)
+    on_cpu = sample_chains(x, 2, generator=torch.Generator().manual_seed(2))
+    moved = sample_chains(x.to(device), 2, generator=torch.Generator().manual_seed(2))
+    assert moved.device == torch.device(device) and torch.allclose(moved.cpu(), on_cpu, atol=1e-5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).to(device)
+    x_adv, m, w = augmax_attack(model, x.to(device), torch.tensor([0, 1, 2], device=device), moved, steps=1,
+                                step_size=0.1, tau=1, generator=torch.Generator().manual_seed(3))
+    assert {t.device for t in (x_adv, m, w)} == {torch.device(device)}

@@ -120,3 +120,20 @@ def test_untargeted_fgsm_lowers_the_true_class_logit():
     before = model(x).gather(1, y[:, None])
     after = model(FGSM(model, eps=0.05)(x, y)).gather(1, y[:, None])
     assert (after < before).all()
+
+
+@pytest.mark.parametrize("attack", [PGD, PGDL2])
+def test_random_start_with_a_cpu_generator_lands_on_the_input_device(attack):
+    """Issue 18: the start is drawn on the generator's device (the CPU here) and moved to x's, so a
+    seed starts from the same point on every device."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    model = linear([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    start = attack(model, eps=0.1, steps=2, alpha=0.05, generator=cpu_generator()).start(torch.rand(2, 3, device=META))
+    assert_on(META, start)
+
+
+def test_pgd_start_keeps_its_cpu_numbers():
+    from tests.device_checks import cpu_generator
+    x = torch.full((2, 3), 0.5)
+    start = PGD(linear([[1.0, 0.0, 0.0]]), eps=0.1, steps=2, alpha=0.05, generator=cpu_generator(4)).start(x)
+    assert torch.allclose(start, x + (2 * torch.rand(2, 3, generator=cpu_generator(4)) - 1) * 0.1)

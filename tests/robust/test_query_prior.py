@@ -181,3 +181,10 @@ def test_bad_inputs_raise_input_error():
         query_prior(torch.tensor([[float("nan"), 1.0]]), torch.tensor([0]))
     with pytest.raises(InputError):
         query_prior(torch.tensor([[0.5, 1.5]]), torch.tensor([0]), victim_output="probabilities")
+
+
+def test_random_signs_with_a_cpu_generator_land_on_the_requested_device():
+    """Issue 18: sign draws happen on the generator's device, then move to the input's."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    search = RandomSignSearch(nn.Linear(3, 2), eps=0.1, max_queries=2, generator=cpu_generator())
+    assert_on(META, search._random_signs((2, 3), META))

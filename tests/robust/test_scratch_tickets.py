@@ -154,3 +154,23 @@ def test_bad_inputs_raise_input_error():
         apply_ticket(other, model.tickets[0])
     with pytest.raises(InputError):
         EOTPGD(model, eps=0.1)(x * 2, y)
+
+
+@pytest.mark.parametrize("layer", [lambda **kw: SubnetLinear(3, 4, **kw), lambda **kw: SubnetConv2d(2, 3, 3, **kw)])
+def test_subnet_layers_draw_with_a_cpu_generator_onto_their_device(layer):
+    """Issue 18: W and S are drawn on the generator's device and moved to the layer's, so one seed
+    gives the same random network on every device."""
+    from tests.device_checks import META, assert_on
+    on_meta = layer(generator=torch.Generator().manual_seed(0), device="meta")
+    assert_on(META, *on_meta.state_dict().values())
+    a, b = (layer(generator=torch.Generator().manual_seed(0)) for _ in range(2))
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.scores, b.scores)
+
+
+def test_search_ticket_moves_cpu_batches_to_the_network_device(device):
+    torch.manual_seed(0)
+    net = scratch_mlp(4, (6,), 3, keep_ratio=0.5, device=device)
+    batches = [(torch.rand(8, 4), torch.randint(3, (8,)))]
+    losses = search_ticket(net, batches, epochs=1)
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    assert {p.device for p in net.parameters()} == {torch.device(device)}

@@ -216,3 +216,21 @@ def test_clopper_pearson_equals_scipys_exact_binomtest_interval(k, n, alpha):
     ci = binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
     assert clopper_pearson_lower(k, n, alpha) == pytest.approx(ci.low, abs=1e-12)
     assert clopper_pearson_upper(k, n, alpha) == pytest.approx(ci.high, abs=1e-12)
+
+
+def test_smooth_defaults_to_the_base_model_device():
+    """Issue 18: noise and counts live where the base model lives unless ``device`` says otherwise."""
+    from tests.device_checks import META
+    assert Smooth(nn.Linear(3, 2).to(META), 2, 0.5).device == META
+    assert Smooth(nn.Linear(3, 2), 2, 0.5, device=META).device == META
+
+
+def test_counts_on_the_test_device_with_a_cpu_generator_match_the_cpu_counts(device):
+    """A CPU generator drives noise for a model on ``device``: drawn on the CPU and copied over, so
+    one seed gives the same counts on every device."""
+    from tests.device_checks import cpu_generator
+    torch.manual_seed(0)
+    model, x = nn.Linear(3, 4), torch.rand(3)
+    on_cpu = Smooth(model, 4, 0.5, generator=cpu_generator(5)).sample_counts(x, 60, batch_size=25)
+    moved = Smooth(model.to(device), 4, 0.5, generator=cpu_generator(5)).sample_counts(x, 60, batch_size=25)
+    assert (moved == on_cpu).all()

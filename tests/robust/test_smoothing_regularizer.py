@@ -180,3 +180,15 @@ def test_certify_tight_on_a_linear_classifier_stays_below_the_closed_form():
     assert label == 1 and 0.8 * margin < radius <= margin
     with pytest.raises(InputError, match="n0"):
         certify_tight(smooth, x, 200, 100, 0.001)
+
+
+def test_noisy_copies_follow_the_batch_device_with_a_cpu_generator():
+    """Issue 18: copies and noise live on the batch's device (default) or on ``device``; the noise is
+    drawn on the generator's device and moved."""
+    from tests.device_checks import META, assert_on, cpu_generator
+    assert_on(META, SmoothingRegularizer(0.5, copies=2, generator=cpu_generator()).noisy_copies(
+        torch.rand(2, 3, device=META)))
+    assert_on(META, SmoothingRegularizer(0.5, copies=2, device=META).noisy_copies(torch.rand(2, 3)))
+    x = torch.rand(2, 3)
+    copies = SmoothingRegularizer(0.5, copies=2, generator=cpu_generator(1)).noisy_copies(x)
+    assert torch.allclose(copies, x.repeat_interleave(2, 0) + 0.5 * torch.randn(4, 3, generator=cpu_generator(1)))

@@ -4,7 +4,9 @@ used to evaluate AugMax (arXiv:2110.13771, method card 24) on small images ("dig
 
 Every corruption maps images x (N, C, H, W), float in [0, 1], and a severity s in 0..5 to a tensor of the
 same shape clamped to [0, 1]; s = 0 returns x unchanged. Randomness comes only from a
-``torch.Generator`` seeded by ``seed`` (and the corruption's index), so a test set is reproducible.
+``torch.Generator`` seeded by ``seed`` (and the corruption's index), so a test set is reproducible; that
+generator lives on the CPU on purpose (its draws are then moved to the input's device), so a CUDA run
+is scored on exactly the images a CPU run sees.
 
 Severity tables are ours (the CIFAR-C constants were written for 32x32 natural images): spatial ones are
 given for 32-pixel images and scaled with H / 32; noise levels are larger than CIFAR-C's because

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError
+from honed.core.loop import model_device
+from honed.core.seed import draw_device
 from honed.robust.attacks.base import check_count, check_number
 from honed.robust.attacks.gradient import PGD
 
@@ -86,10 +88,11 @@ class _Subnet:
         shape, device = self.weight.shape, self.weight.device
         fan_in = shape[1:].numel()
         std = math.sqrt(2.0) / math.sqrt(fan_in)  # Kaiming normal, ReLU gain, fan_in mode
-        raw = torch.randn(shape, generator=generator).to(device) * std
+        draw = draw_device(generator, device)  # on the generator's device, then moved to the layer's
+        raw = torch.randn(shape, generator=generator, device=draw).to(device) * std
         frozen = raw.sign() * std if weight_init == "signed_constant" else raw
         bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform with a = sqrt(5)
-        scores = ((2 * torch.rand(shape, generator=generator) - 1) * bound).to(device)
+        scores = ((2 * torch.rand(shape, generator=generator, device=draw) - 1) * bound).to(device)
         del self.weight
         self.register_buffer("weight", frozen)
         self.scores = nn.Parameter(scores)
@@ -116,7 +119,7 @@ class SubnetLinear(_Subnet, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, keep_ratio: float = 0.1,
                  weight_init: str = "signed_constant", generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device | None = None) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=False, device=device)
         self._init_subnet(keep_ratio, weight_init, generator)
 
@@ -130,7 +133,7 @@ class SubnetConv2d(_Subnet, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, keep_ratio: float = 0.1, weight_init: str = "signed_constant",
-                 generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> None:
+                 generator: torch.Generator | None = None, device: str | torch.device | None = None) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias=False, device=device)
         self._init_subnet(keep_ratio, weight_init, generator)
 
@@ -156,10 +159,11 @@ def set_keep_ratio(network: nn.Module, keep_ratio: float) -> None:
 
 def scratch_mlp(in_features: int = 64, hidden: Sequence[int] = (512, 512), num_classes: int = 10,
                 keep_ratio: float = 0.1, weight_init: str = "signed_constant", seed: int = 0,
-                device: str | torch.device = "cpu") -> nn.Sequential:
+                device: str | torch.device | None = None) -> nn.Sequential:
     """RST network (arXiv:2110.14068) as an MLP: x (N, in_features) in [0, 1] -> logits (N, classes).
-    Subnet linear layers with non-affine BatchNorm + ReLU between them; ``seed`` fixes W and S, so
-    networks built with one seed share the same random weights."""
+    Subnet linear layers with non-affine BatchNorm + ReLU between them; ``seed`` fixes W and S (drawn
+    by a CPU generator, so networks built with one seed share the same random weights on every device;
+    ``device``: where the network lives, torch's default device when None)."""
     gen = torch.Generator().manual_seed(seed)
     widths, layers = [check_count(in_features, "in_features"), *hidden], []
     for a, b in zip(widths, widths[1:]):
@@ -269,14 +273,16 @@ def search_ticket(network: nn.Module, batches: Iterable, epochs: int, *,
                   attack: Callable[[nn.Module], Callable] | None = None, lr: float = 0.1,
                   momentum: float = 0.9, weight_decay: float = 5e-4, milestones: Sequence[float] = (0.5, 0.75),
                   parameters: Iterable[nn.Parameter] | None = None,
-                  device: str | torch.device = "cpu") -> list[float]:
+                  device: str | torch.device | None = None) -> list[float]:
     """RST search (arXiv:2110.14068): for each batch craft ``attack(network)(x, y)`` (PGD with the
     current mask, BN in eval mode; ``None`` = clean edge-popup), then SGD (lr, momentum 0.9, weight
     decay 5e-4 also on the scores) on the cross-entropy of the crafted batch, with BN in train mode.
     Only the scores move (``parameters`` overrides that, e.g. for dense adversarial training); the
     LR drops x0.1 at each fraction of ``epochs`` in ``milestones``. Returns the per-epoch mean loss.
-    ``batches``: iterable of (x (N, ...) in [0, 1], y int64 (N,)), re-iterated per epoch."""
+    ``batches``: iterable of (x (N, ...) in [0, 1], y int64 (N,)), re-iterated per epoch, moved to
+    ``device`` (default: the network's)."""
     epochs = check_count(epochs, "epochs")
+    device = model_device(network) if device is None else torch.device(device)
     params = list(parameters) if parameters is not None else [l.scores for l in subnet_layers(network).values()]
     opt = torch.optim.SGD(params, lr=check_number(lr, "lr", strict=True), momentum=momentum,
                           weight_decay=weight_decay)
@@ -348,7 +354,8 @@ class RandomTicketSwitch(nn.Module):
             apply_ticket(self.network, None)
 
     def _draw(self, n: int) -> torch.Tensor:
-        choice = torch.randint(self.num_tickets, (n,), generator=self.generator)
+        choice = torch.randint(self.num_tickets, (n,), generator=self.generator,
+                               device=draw_device(self.generator, "cpu"))
         for i in choice.tolist():
             self.draw_counts[i] += 1
         return choice

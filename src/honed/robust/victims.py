@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError
-from honed.core.loop import evaluate_classifier, train
+from honed.core.loop import evaluate_classifier, model_device, train
 from honed.data import Batches, Dataset, create_dataset
 from honed.models import create_model
 
@@ -37,11 +37,13 @@ def default_model_kwargs(arch: str, size: int, num_classes: int = 10) -> dict:
 
 
 def train_digits_classifier(arch: str = "cnn", size: int = 8, epochs: int = 20, seed: int = 0,
-                            device: str | torch.device = "cpu", checkpoint: str | Path | None = None, *,
+                            device: str | torch.device | None = None, checkpoint: str | Path | None = None, *,
                             batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
                             model_kwargs: dict | None = None, progress: bool = False) -> Victim:
     """Train ``honed.models.create_model(arch)`` on digits (size 8, 16 or 32; inputs (N, 1, size, size)
-    in [0, 1]) with Adam for ``epochs`` and return it in eval mode on ``device``.
+    in [0, 1]) with Adam for ``epochs`` and return it in eval mode on ``device`` (torch's default device
+    when None). The weights are initialised on the CPU and then moved, so one seed gives one network
+    on every device.
 
     Initialisation and batch order depend only on ``seed`` (the global RNG is left as it was for
     the initialisation). With ``checkpoint``, training saves every epoch and resumes from the file,
@@ -65,9 +67,10 @@ def train_digits_classifier(arch: str = "cnn", size: int = 8, epochs: int = 20, 
 
 @torch.no_grad()
 def correctly_classified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: int | None = None,
-                         device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                         device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` examples of (x, y) that ``model`` (run in eval mode) classifies correctly,
-    as (x, y) on ``device``; all of them when ``limit`` is None."""
+    as (x, y) on ``device`` (default: the model's); all of them when ``limit`` is None."""
+    device = model_device(model) if device is None else torch.device(device)
     was_training = model.training
     model.eval()
     x, y = x.to(device), y.to(device)

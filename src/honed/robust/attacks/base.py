@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number  # noqa: F401 (re-exported)
+from honed.core.measure import synchronize
 from honed.core.modes import eval_mode  # noqa: F401 (re-exported: attacks and their users import it here)
 from honed.data.base import check_images
 
@@ -126,8 +127,10 @@ class Attack:
         x, y = x.detach(), y.detach()
         self._stats, self._labels = AttackStats(), y
         with eval_mode(self.model):
+            synchronize(x.device)  # wall time of the attack's kernels, not of their launch
             start = time.perf_counter()
             x_adv = self.perturb(x, y).detach()
+            synchronize(x.device)
             self._stats.elapsed_s = time.perf_counter() - start
             if self.verify:
                 with torch.no_grad():
@@ -143,7 +146,9 @@ class Attack:
         """A counted forward pass; the first one of a call checks the logits' shape and labels."""
         out = self.model(x)
         if self._stats.forwards == 0:
-            check_logits(out, self._labels if self._labels is not None else torch.zeros(len(x), dtype=torch.long))
+            labels = self._labels if self._labels is not None else torch.zeros(len(x), dtype=torch.long,
+                                                                               device=out.device)
+            check_logits(out, labels)
         self._stats.forwards += 1
         return out
 

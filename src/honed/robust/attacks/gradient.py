@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 from honed.robust.attacks.base import Attack, check_count, check_number
 
 TINY = 1e-12
@@ -95,7 +96,9 @@ class IFGSM(_CrossEntropyAttack):
         """DI-FGSM's input diversity (arXiv:1803.06978): with probability ``diversity_prob`` resize
         the (N, C, H, W) batch to a random side in [min(H, rH), max(H, rH)) and zero-pad it at a
         random offset to max(H, rH); otherwise return x unchanged."""
-        if self.diversity_prob == 0 or float(torch.rand((), generator=self.generator)) >= self.diversity_prob:
+        draw = draw_device(self.generator, "cpu")  # scalar draws, on the generator's device
+        if self.diversity_prob == 0 or \
+                float(torch.rand((), generator=self.generator, device=draw)) >= self.diversity_prob:
             return x
         if x.dim() != 4:
             raise InputError(f"input diversity needs images shaped (N, C, H, W), got {tuple(x.shape)}")
@@ -103,10 +106,10 @@ class IFGSM(_CrossEntropyAttack):
         low, high = sorted((size, int(size * self.resize_rate)))
         if low == high:
             return x
-        side = int(torch.randint(low, high, (), generator=self.generator))
+        side = int(torch.randint(low, high, (), generator=self.generator, device=draw))
         resized = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-        left = int(torch.randint(0, high - side + 1, (), generator=self.generator))
-        top = int(torch.randint(0, high - side + 1, (), generator=self.generator))
+        left = int(torch.randint(0, high - side + 1, (), generator=self.generator, device=draw))
+        top = int(torch.randint(0, high - side + 1, (), generator=self.generator, device=draw))
         return F.pad(resized, (left, high - side - left, top, high - side - top))
 
     def perturb(self, x, y):
@@ -160,7 +163,8 @@ class PGD(_CrossEntropyAttack):
         self.random_start, self.generator = bool(random_start), generator
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype,
+                           device=draw_device(self.generator, x.device)).to(x.device)
         return project_linf(x + (2 * noise - 1) * self.eps, x, self.eps)
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -190,9 +194,10 @@ class PGDL2(PGD):
                          generator=generator, targeted=targeted)
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
-        direction = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        draw = draw_device(self.generator, x.device)
+        direction = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=draw).to(x.device)
         dim = x[0].numel()
-        radius = torch.rand(len(x), generator=self.generator, dtype=x.dtype).to(x.device) ** (1 / dim)
+        radius = torch.rand(len(x), generator=self.generator, dtype=x.dtype, device=draw).to(x.device) ** (1 / dim)
         delta = direction / _per_example_norm(direction, 2) * (self.eps * radius).view(-1, *([1] * (x.dim() - 1)))
         return project_l2(x + delta, x, self.eps)
 

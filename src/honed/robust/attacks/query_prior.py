@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 from honed.robust.attacks.base import Attack, check_count, check_number, eval_mode
 from honed.robust.attacks.gradient import project_linf
 
@@ -258,7 +259,8 @@ class RandomSignSearch(_VictimQueries):
         self.generator = generator
 
     def _random_signs(self, shape, device) -> torch.Tensor:
-        return (torch.rand(shape, generator=self.generator) < 0.5).float().mul(2).sub(1).to(device)
+        draw = draw_device(self.generator, device)  # on the generator's device, used on x's
+        return (torch.rand(shape, generator=self.generator, device=draw) < 0.5).float().mul(2).sub(1).to(device)
 
     @staticmethod
     def margin(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -288,7 +290,9 @@ class RandomSignSearch(_VictimQueries):
                 break
             signs = best_signs[rows]
             if query_index > 1:
-                resample = torch.rand(signs.shape, generator=self.generator).to(x.device) < self.resample_fraction
+                draw = draw_device(self.generator, x.device)
+                resample = torch.rand(signs.shape, generator=self.generator, device=draw).to(x.device) \
+                    < self.resample_fraction
                 signs = torch.where(resample, self._random_signs(signs.shape, x.device), signs)
             candidate = (x[rows] + self.eps * signs).clamp(0, 1)
             margin = self.margin(self.query(candidate, rows, y), y[rows])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
+from honed.core.seed import draw_device
 from honed.robust.certify.bounds import (check_alpha, check_sigma, certified_radius, clopper_pearson_lower,
                                          clopper_pearson_upper, goodman_intervals)
 from honed.robust.certify.smoothing import ABSTAIN, Smooth, check_count
@@ -95,12 +96,13 @@ class SmoothingRegularizer(Callback):
     copies of one input adjacent; calling ``reg(logits, y)`` with logits (N * k, K) and y (N,) returns
     the loss. In a plain loop use ``reg.loss_on(model, x, y)``. Options: ``copies`` k (R, 8), ``lam``
     (R, 0.1; 0 = Gaussian augmentation), ``phi`` (R, "log"), ``start_epoch`` (R, deferred start: the
-    regulariser is off before this epoch; 0 = always on), ``generator`` for the noise, ``device``.
+    regulariser is off before this epoch; 0 = always on), ``generator`` for the noise (drawn on its
+    device, then moved), ``device`` (where copies and noise live; default: the batch's device).
     """
 
     def __init__(self, sigma: float, copies: int = 8, lam: float = 0.1, phi: str = "log", eps: float = 1e-10,
                  start_epoch: int = 0, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device | None = None) -> None:
         self.sigma = check_sigma(sigma)
         self.copies = check_count(copies, "copies")
         if not isinstance(lam, (int, float)) or not np.isfinite(lam) or lam < 0:
@@ -109,7 +111,7 @@ class SmoothingRegularizer(Callback):
             raise InputError(f"phi must be one of {', '.join(PHIS)}, got {phi!r}")
         self.lam, self.phi, self.eps = float(lam), phi, float(eps)
         self.start_epoch = check_count(start_epoch, "start_epoch", minimum=0)
-        self.generator, self.device = generator, torch.device(device)
+        self.generator, self.device = generator, None if device is None else torch.device(device)
         self.active = self.start_epoch == 0
         self.last_ce = self.last_reg = None
 
@@ -117,9 +119,11 @@ class SmoothingRegularizer(Callback):
         """(N, ...) -> (N * k, ...): row ``i * k + j`` is ``x_i + delta_ij``, delta ~ N(0, sigma^2 I)."""
         if not torch.is_floating_point(x) or x.dim() < 2:
             raise InputError(f"x must be a float batch (N, ...), got {x.dtype} {tuple(x.shape)}")
-        copies = x.to(self.device).repeat_interleave(self.copies, 0)
-        noise = torch.randn(copies.shape, generator=self.generator, dtype=x.dtype, device=self.device)
-        return copies + self.sigma * noise
+        device = x.device if self.device is None else self.device
+        copies = x.to(device).repeat_interleave(self.copies, 0)
+        noise = torch.randn(copies.shape, generator=self.generator, dtype=x.dtype,
+                            device=draw_device(self.generator, device))
+        return copies + self.sigma * noise.to(device)
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[0] != len(y) * self.copies:
@@ -132,7 +136,8 @@ class SmoothingRegularizer(Callback):
 
     def loss_on(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of ``model`` on fresh noisy copies of the batch x (N, ...), labels y (N,)."""
-        return self(model(self.noisy_copies(x)), y.to(self.device))
+        logits = model(self.noisy_copies(x))
+        return self(logits, y.to(logits.device))
 
     def on_step_start(self, state: TrainState) -> None:
         self.active = state.epoch >= self.start_epoch

@@ -17,6 +17,7 @@ import torch
 from scipy.stats import binomtest
 
 from honed.core.errors import InputError
+from honed.core.loop import model_device
 from honed.data.base import check_images
 from honed.robust.attacks.base import eval_mode
 from honed.robust.certify.bounds import check_alpha, check_sigma, certified_radius, clopper_pearson_lower
@@ -52,22 +53,23 @@ class Smooth:
             put in eval mode while sampling (every submodule's own train/eval flag is restored).
         num_classes: K >= 2.
         sigma: noise level > 0 (the same sigma the base model was trained with).
-        device: where the noise and the counts live (default CPU); the base must already be there.
+        device: where the noise and the counts live (default: the base model's device).
         input_shape: optional shape of ONE input (e.g. ``(64,)`` or ``(1, 8, 8)``); when given, an input
             of any other shape is refused. Inputs may also carry a leading batch dimension of 1.
-        generator: optional ``torch.Generator`` for reproducible noise.
+        generator: optional ``torch.Generator`` for reproducible noise (best on ``device``; one on another
+            device draws there and its noise is copied over).
 
     Inputs ``x`` are ONE image in [0, 1] (normalisation lives inside the base model); noisy copies are
     not clipped, as in the paper.
     """
 
     def __init__(self, base: torch.nn.Module, num_classes: int, sigma: float,
-                 device: str | torch.device = "cpu", input_shape: tuple[int, ...] | None = None,
+                 device: str | torch.device | None = None, input_shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.base = base
         self.num_classes = check_count(num_classes, "num_classes", minimum=2)
         self.sigma = check_sigma(sigma)
-        self.device = torch.device(device)
+        self.device = model_device(base) if device is None else torch.device(device)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.generator = generator
 
@@ -96,10 +98,13 @@ class Smooth:
     def _count(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=self.device)
+        foreign = self.generator is not None and self.generator.device != self.device
+        draws = torch.empty_like(buffer, device=self.generator.device) if foreign else buffer
         done = 0
         while done < num:
             noisy = buffer[:min(batch_size, num - done)]
-            noisy.normal_(0.0, self.sigma, generator=self.generator).add_(x)
+            noise = draws[:len(noisy)].normal_(0.0, self.sigma, generator=self.generator)
+            (noisy.copy_(noise) if foreign else noisy).add_(x)
             logits = self._forward(noisy) if done == 0 else self.base(noisy)
             counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
             done += len(noisy)

@@ -28,6 +28,7 @@ from torch import nn
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
+from honed.core.seed import draw_device
 from honed.data.base import check_images
 from honed.robust.attacks.base import eval_mode
 
@@ -90,19 +91,19 @@ def sample_chains(x: torch.Tensor, width: int = 3, severity: float = 3.0, max_de
     check_images(x, "images", dims=4)
     if width < 1 or max_depth < 1 or not 0.1 <= severity <= 10:
         raise InputError(f"need width >= 1, max_depth >= 1, severity in [0.1, 10]; got {width}, {max_depth}, {severity}")
-    n = len(x)
+    n, draw = len(x), draw_device(generator, x.device)  # drawn on the generator's device, used on x's
     chains = []
     for _ in range(width):
         cur = x.clone()
-        depth = torch.randint(1, max_depth + 1, (n,), generator=generator)
+        depth = torch.randint(1, max_depth + 1, (n,), generator=generator, device=draw).to(x.device)
         for step in range(max_depth):
-            ops = torch.randint(0, len(OPS), (n,), generator=generator)
-            level = 0.1 + (severity - 0.1) * torch.rand(n, generator=generator)
-            sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+            ops = torch.randint(0, len(OPS), (n,), generator=generator, device=draw).to(x.device)
+            level = (0.1 + (severity - 0.1) * torch.rand(n, generator=generator, device=draw)).to(x)
+            sign = torch.where(torch.rand(n, generator=generator, device=draw) < 0.5, -1.0, 1.0).to(x)
             for k, op in enumerate(OPS):
-                sel = ((depth > step) & (ops == k)).nonzero().flatten().to(x.device)
+                sel = ((depth > step) & (ops == k)).nonzero().flatten()
                 if len(sel):
-                    cur[sel] = apply_op(cur[sel], op, level[sel.cpu()].to(x), sign[sel.cpu()].to(x)).clamp(0, 1)
+                    cur[sel] = apply_op(cur[sel], op, level[sel], sign[sel]).clamp(0, 1)
         chains.append(cur)
     return torch.stack(chains, 1)
 
@@ -119,10 +120,14 @@ def mix(x: torch.Tensor, chains: torch.Tensor, weights: torch.Tensor, m: torch.T
 
 
 def augmix_weights(n: int, width: int = 3, generator: torch.Generator | None = None,
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """AugMix's random mixing: w ~ Dirichlet(1,..,1) (n, width) and m ~ Beta(1, 1) (n,) (via exponentials)."""
-    e = -torch.log(torch.rand(n, width, generator=generator).clamp_min(1e-12))
-    return (e / e.sum(1, keepdim=True)).to(device), torch.rand(n, generator=generator).to(device)
+                   device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """AugMix's random mixing: w ~ Dirichlet(1,..,1) (n, width) and m ~ Beta(1, 1) (n,) (via exponentials),
+    drawn on the generator's device and returned on ``device`` (default: where they were drawn; the CPU
+    when there is neither)."""
+    draw = draw_device(generator, device if device is not None else "cpu")
+    device = draw if device is None else torch.device(device)
+    e = -torch.log(torch.rand(n, width, generator=generator, device=draw).clamp_min(1e-12))
+    return (e / e.sum(1, keepdim=True)).to(device), torch.rand(n, generator=generator, device=draw).to(device)
 
 
 class DualBN2d(nn.Module):
@@ -276,8 +281,9 @@ def augmax_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chains: to
     Returns (x_adv (N, C, H, W), m (N,), w (N, K))."""
     _check_attack_args(x, y, chains, steps, step_size, tau)
     n, k = chains.shape[:2]
-    m = (torch.rand(n, generator=generator) if m is None else m.detach().cpu()).to(x).clone()
-    q = (torch.rand(n, k, generator=generator) if q is None else q.detach().cpu()).to(x).clone()
+    draw = draw_device(generator, x.device)
+    m = (torch.rand(n, generator=generator, device=draw) if m is None else m.detach()).to(x).clone()
+    q = (torch.rand(n, k, generator=generator, device=draw) if q is None else q.detach()).to(x).clone()
     count = torch.zeros(n, dtype=torch.long, device=x.device)
     with eval_mode(model), norm_route(model, route), torch.enable_grad():
         for _ in range(steps):

@@ -33,6 +33,7 @@ from torch import nn
 
 from honed.core.errors import InputError
 from honed.core.loop import Callback, TrainState
+from honed.core.seed import draw_device
 from honed.robust.attacks import FGSM, PGD, Attack
 from honed.robust.attacks.base import check_attack_inputs, check_count, check_number, eval_mode
 
@@ -136,12 +137,12 @@ class MixedMAT(Callback):
     def assign_strengths(self, n: int) -> torch.Tensor:
         """(n,) strength index per example: per_sample cycles 0..K-1 from a random offset and shuffles
         (counts differ by at most one per batch); per_batch draws one index for the whole batch."""
-        k = len(self.strengths)
+        k, device = len(self.strengths), draw_device(self.generator, "cpu")  # on the generator's device
         if self.sampling == "per_batch":
-            return torch.randint(k, (1,), generator=self.generator).expand(n)
-        offset = int(torch.randint(k, (1,), generator=self.generator))
-        cycle = (torch.arange(n) + offset) % k
-        return cycle[torch.randperm(n, generator=self.generator)]
+            return torch.randint(k, (1,), generator=self.generator, device=device).expand(n)
+        offset = int(torch.randint(k, (1,), generator=self.generator, device=device))
+        cycle = (torch.arange(n, device=device) + offset) % k
+        return cycle[torch.randperm(n, generator=self.generator, device=device)]
 
     def adversarial_blocks(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """The adversarial blocks for x (N, ...), each (N, ...): one per strength ("all"), else one."""
