@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from honed.core.errors import InputError
 from honed.robust.attacks import CW
 from honed.robust.attacks.cw import (Adam, BestAdversary, from_tanh_space, margin_loss, reaches_margin,
                                      to_tanh_space, update_search_bounds)
@@ -15,6 +16,30 @@ def test_tanh_reparameterisation_round_trips_within_1e5_and_stays_finite_at_the_
     assert torch.isfinite(w).all()
     assert (from_tanh_space(w) - x).abs().max() <= 1e-5
     assert torch.isinf(to_tanh_space(torch.tensor([0.0, 1.0]), scale=1.0)).all()  # torchattacks' mapping
+
+
+def test_start_margin_moves_only_the_pixels_near_the_box_edges():
+    x = torch.tensor([0.0, 1.0, 0.5, 0.01, 0.3, 0.97])
+    start = from_tanh_space(to_tanh_space(x, scale=1.0, start_margin=0.05))
+    assert torch.allclose(start, torch.tensor([0.05, 0.95, 0.5, 0.05, 0.3, 0.95]), atol=1e-6)
+    assert torch.equal(to_tanh_space(x, start_margin=0.0), torch.atanh((2 * x - 1) * (1 - 1e-6)))
+
+
+def test_a_saturated_pixel_moves_within_a_short_budget_only_with_a_start_margin():
+    # class 1 wins only once pixel 0 (exactly 0 in x) rises above 0.2
+    model = linear([[0.0, 0.0], [10.0, 0.0]], bias=[2.0, 0.0])
+    x, y = torch.tensor([[0.0, 0.5]]), torch.tensor([0])
+    settings = dict(c=10.0, steps=40, lr=0.05, binary_search_steps=1, abort_early=False)
+    moved = CW(model, **settings)
+    assert moved(x, y)[0, 0] > 0.2 and moved.last_stats.success.all()
+    reference = CW(model, **settings, start_margin=0.0)
+    assert reference(x, y)[0, 0] < 1e-3 and not reference.last_stats.success.any()
+
+
+@pytest.mark.parametrize("margin", [-0.1, 0.5])
+def test_start_margin_outside_its_range_is_refused(margin):
+    with pytest.raises(InputError, match="start_margin"):
+        CW(linear([[1.0, 0.0], [0.0, 1.0]]), start_margin=margin)
 
 
 def test_margin_loss_matches_hand_computed_margins():
@@ -88,7 +113,8 @@ def test_a_pixel_exactly_at_zero_can_move():
     attack = CW(model, c=10.0, steps=150, lr=0.05, binary_search_steps=1, abort_early=False)
     x_adv = attack(x, y)
     assert x_adv[0, 0] > 1e-3 and attack.last_stats.success.all()
-    frozen = CW(model, c=10.0, steps=150, lr=0.05, binary_search_steps=1, abort_early=False, tanh_scale=1.0)
+    frozen = CW(model, c=10.0, steps=150, lr=0.05, binary_search_steps=1, abort_early=False, tanh_scale=1.0,
+                start_margin=0.0)
     x_frozen = frozen(x, y)
     assert x_frozen[0, 0] == 0.0 and not frozen.last_stats.success.any()
 

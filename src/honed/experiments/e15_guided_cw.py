@@ -94,7 +94,7 @@ def build_attack(arm: str, model, cfg: GuidedCWConfig, budget: int, targeted: bo
     """The arm's attack with every setting passed explicitly (library defaults may change)."""
     shared = dict(c=cfg.initial_c, kappa=cfg.kappa, steps=steps_for_budget(arm, budget, cfg), lr=cfg.lr,
                   binary_search_steps=cfg.binary_search_steps, abort_early=cfg.abort_early,
-                  tanh_scale=cfg.tanh_scale, targeted=targeted)
+                  tanh_scale=cfg.tanh_scale, start_margin=0.0, targeted=targeted)
     if arm == "cw":
         return CW(model, **shared)
     if arm == "gcw_a":

@@ -4,7 +4,8 @@ Networks, arXiv:1608.04644; reference code carlini/nn_robust_attacks, read, not 
 x' = (tanh(w) + 1) / 2 with w initialised as atanh((2x - 1) * (1 - 1e-6)): the Carlini scaling keeps
 pixels at exactly 0 or 1 finite in w, so they can move (a plain atanh sends them to +-inf, where
 they are frozen forever). Minimise ||x' - x||_2^2 + c * f(x') with Adam, f the logit margin clamped
-at -kappa, for up to ``steps`` iterations per c; abort a search step early when the objective has
+at -kappa, for up to ``steps`` iterations per c (pixels within ``start_margin`` of 0 or 1 start that
+far inside, so they can move within a short budget); abort a search step early when the objective has
 not improved by 0.01% over the last 10% of the iterations; bisect c per example (x10 while it has
 never succeeded). Returns the smallest-L2 adversarial iterate seen, or x itself where none was.
 """
@@ -16,13 +17,19 @@ from honed.core.errors import InputError
 from honed.robust.attacks.base import Attack, check_count, check_number
 
 TANH_SCALE = 1 - 1e-6
+START_MARGIN = 0.05  # chosen on validation images: benchmarks/select_cw_start_margin.py (see CW's docstring)
 NO_UPPER_BOUND = 1e10
 ABORT_TOLERANCE = 0.9999
 
 
-def to_tanh_space(x: torch.Tensor, scale: float = TANH_SCALE) -> torch.Tensor:
-    """w = atanh((2x - 1) * scale) for x in [0, 1]; with scale < 1 every w is finite."""
-    return torch.atanh((2 * x - 1) * scale)
+def to_tanh_space(x: torch.Tensor, scale: float = TANH_SCALE, start_margin: float = 0.0) -> torch.Tensor:
+    """w = atanh((2x - 1) * scale) for x in [0, 1]; with scale < 1 every w is finite. With
+    ``start_margin`` m > 0, pixels closer than m to 0 or 1 map as if they were m from that edge
+    (2x - 1 clamped to +-(1 - 2m) first); the others are unchanged."""
+    u = (2 * x - 1) * scale
+    if start_margin > 0:
+        u = u.clamp(-(1 - 2 * start_margin), 1 - 2 * start_margin)
+    return torch.atanh(u)
 
 
 def from_tanh_space(w: torch.Tensor) -> torch.Tensor:
@@ -115,10 +122,11 @@ class Adam:
 
 
 class TanhIterate:
-    """CW's change of variables: parameters [w] with x' = (tanh(w) + 1) / 2, w0 = atanh((2x-1)s)."""
+    """CW's change of variables: parameters [w] with x' = (tanh(w) + 1) / 2, w0 = atanh((2x-1)s)
+    (pixels within ``start_margin`` of 0 or 1 start that far inside, see :func:`to_tanh_space`)."""
 
-    def __init__(self, x: torch.Tensor, scale: float = TANH_SCALE) -> None:
-        self.w = to_tanh_space(x, scale).detach().requires_grad_(True)
+    def __init__(self, x: torch.Tensor, scale: float = TANH_SCALE, start_margin: float = 0.0) -> None:
+        self.w = to_tanh_space(x, scale, start_margin).detach().requires_grad_(True)
         self.params = [self.w]
 
     def image(self) -> torch.Tensor:
@@ -138,14 +146,17 @@ class CW(Attack):
     iterations - which finds smaller perturbations at up to 180 times the cost. Keyword-only:
     ``binary_search_steps``, ``abort_early`` (True: stop a search step when the objective has not
     improved by 0.01% over the last 10% of its iterations), ``tanh_scale`` (1 - 1e-6; 1.0 reproduces
-    the frozen-pixel mapping of torchattacks). ``last_stats`` records iterations/queries to first
+    the frozen-pixel mapping of torchattacks), ``start_margin`` (0.05, R: pixels within it of 0 or 1 start
+    that far inside; Adam moves w by ~``lr`` per iteration, so a pixel starting at the reference's
+    |w0| = 7.25 stays frozen for hundreds of iterations; 0 is the reference start. Chosen on digits
+    validation images by benchmarks/select_cw_start_margin.py). ``last_stats`` records iterations/queries to first
     success per example and the objective at each early-abort check; success is re-checked on the
     returned images.
     """
 
     def __init__(self, model, c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01, *,
                  binary_search_steps: int = 1, abort_early: bool = True, tanh_scale: float = TANH_SCALE,
-                 targeted: bool = False) -> None:
+                 start_margin: float = START_MARGIN, targeted: bool = False) -> None:
         super().__init__(model, targeted=targeted)
         self.c = check_number(c, "c", strict=True)
         self.kappa = check_number(kappa, "kappa")
@@ -156,6 +167,9 @@ class CW(Attack):
         self.tanh_scale = check_number(tanh_scale, "tanh_scale", strict=True)
         if self.tanh_scale > 1:
             raise InputError(f"tanh_scale must lie in (0, 1], got {tanh_scale!r}")
+        self.start_margin = check_number(start_margin, "start_margin")
+        if self.start_margin >= 0.5:
+            raise InputError(f"start_margin must lie in [0, 0.5), got {start_margin!r}")
 
     @classmethod
     def thorough(cls, model, **overrides):
@@ -177,7 +191,7 @@ class CW(Attack):
 
     def start_iterate(self, x: torch.Tensor, y: torch.Tensor):
         """The variables optimised in one search step (an object with ``params`` and ``image()``)."""
-        return TanhIterate(x, self.tanh_scale)
+        return TanhIterate(x, self.tanh_scale, self.start_margin)
 
     def after_step(self, iterate, optimizer: Adam, x: torch.Tensor, y: torch.Tensor,
                    iteration: int) -> None:
@@ -217,5 +231,5 @@ class CW(Attack):
         return succeeded
 
 
-__all__ = ["CW", "THOROUGH", "Adam", "BestAdversary", "TanhIterate", "margin_loss", "reaches_margin", "update_search_bounds",
+__all__ = ["CW", "THOROUGH", "START_MARGIN", "Adam", "BestAdversary", "TanhIterate", "margin_loss", "reaches_margin", "update_search_bounds",
            "to_tanh_space", "from_tanh_space", "TANH_SCALE"]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from honed.core.errors import InputError
 from honed.robust.attacks.base import check_count, check_number
-from honed.robust.attacks.cw import CW, TANH_SCALE, from_tanh_space, margin_loss, reaches_margin
+from honed.robust.attacks.cw import CW, START_MARGIN, TANH_SCALE, from_tanh_space, margin_loss, reaches_margin
 
 VARIANTS = ("A", "B")
 TINY = 1e-12
@@ -94,9 +94,10 @@ class GuidedCW(CW):
     def __init__(self, model, c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01, *,
                  variant: str = "A", init_magnitude: float = 0.5, refresh_every: int = 0, eta0: float = 0.5,
                  binary_search_steps: int = 1, abort_early: bool = True, tanh_scale: float = TANH_SCALE,
-                 targeted: bool = False) -> None:
+                 start_margin: float = START_MARGIN, targeted: bool = False) -> None:
         super().__init__(model, c, kappa, steps, lr, binary_search_steps=binary_search_steps,
-                         abort_early=abort_early, tanh_scale=tanh_scale, targeted=targeted)
+                         abort_early=abort_early, tanh_scale=tanh_scale, start_margin=start_margin,
+                         targeted=targeted)
         if variant not in VARIANTS:
             raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         self.variant = variant
