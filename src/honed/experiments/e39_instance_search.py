@@ -25,12 +25,12 @@ import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
 from honed.core.loop import evaluate_classifier, train
 from honed.vision.dasr import DASR, pool_regions
 from honed.vision.instance_scenes import (NUM_SHAPE_CLASSES, make_instance_scenes, make_instances,
                                           make_shape_dataset, query_images)
-from honed.vision.retrieval_metrics import localisation_recall, mean_average_precision
+from honed.vision.retrieval_metrics import average_precision, localisation_recall
 
 ARMS = ("dasr", "gap", "vanilla_grad", "random_boxes", "oracle_boxes")
 
@@ -38,8 +38,11 @@ ARMS = ("dasr", "gap", "vanilla_grad", "random_boxes", "oracle_boxes")
 @dataclass(frozen=True)
 class InstanceSearchConfig(ExperimentConfig):
     """Defaults are the ``small`` preset. ``descriptor_stage`` (0-based) is the pooled map: the card says
-    "a certain layer" (R), layer3/layer4 as options; stage 3 is our layer3 analogue, fixed before running.
-    ``stage4`` (layer4 analogue) is also reported as a diagnostic."""
+    "a certain layer" (R), layer3/layer4 as options. -1 (default) chooses it among
+    ``descriptor_candidates`` (default: the card's layer3 / layer4 analogues, stages 3 and 4) on
+    ``validation_images`` validation scenes (a scene seed the test database never uses): the stage whose
+    pooled ground-truth boxes retrieve best (oracle-box mAP), shared by every arm. ``map_stage4`` (layer4
+    analogue) is reported as a diagnostic."""
 
     seeds: tuple[int, ...] = (0,)  # one seed fits the 3-min budget on 2 shared cores
     threads: int = 2
@@ -52,7 +55,9 @@ class InstanceSearchConfig(ExperimentConfig):
     queries: int = 20
     image_size: int = 128
     query_size: int = 48
-    descriptor_stage: int = 3  # (R) card step 7: "a certain layer"
+    descriptor_stage: int = -1  # (R) card step 7: "a certain layer"; -1 = chosen on validation scenes
+    descriptor_candidates: tuple[int, ...] = (3, 4)  # the card's layer3 / layer4 analogues
+    validation_images: int = 100
     percentile: float = 0.95
     n_sigma: float = 2.0
     max_peaks: int = 8
@@ -60,11 +65,13 @@ class InstanceSearchConfig(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> "InstanceSearchConfig":
-        return replace(cls(), seeds=(0,), per_class=20, epochs=1, database_images=20, queries=5)
+        return replace(cls(), seeds=(0,), per_class=20, epochs=1, database_images=20, queries=5, validation_images=10)
 
     def validate(self) -> None:
-        if len(self.widths) != 5 or not 0 <= self.descriptor_stage < 5:
-            raise ConfigError("widths needs 5 stages and descriptor_stage in [0, 5)")
+        if len(self.widths) != 5 or not -1 <= self.descriptor_stage < 5 or self.validation_images < 1:
+            raise ConfigError("widths needs 5 stages, descriptor_stage in [-1, 5) and validation_images >= 1")
+        if not self.descriptor_candidates or not all(0 <= s < 5 for s in self.descriptor_candidates):
+            raise ConfigError(f"descriptor_candidates must be stages in [0, 5), got {self.descriptor_candidates}")
         if self.per_class < 1 or self.epochs < 1 or self.database_images < 1 or not 1 <= self.queries <= 20:
             raise ConfigError("per_class, epochs, database_images >= 1 and queries in [1, 20]")
 
@@ -124,21 +131,22 @@ def random_boxes(gen: torch.Generator, count: int, size: int) -> torch.Tensor:
     return torch.cat([corner, corner + sides], 1)
 
 
-def arm_boxes(arm: str, model, cfg, scenes, seed) -> list[list[list[float]]]:
+def arm_boxes(arm: str, model, cfg, scenes, seed, stage: int) -> list[list[list[float]]]:
     """Boxes per database image of a localising arm (JSON-able)."""
     size = cfg.image_size
     if arm == "gap":
         return [[[0.0, 0.0, float(size), float(size)]] for _ in scenes.images]
     if arm == "oracle_boxes":
         return [b.tolist() for b in scenes.boxes]
-    dasr = DASR(model, model.stages[4], model.stages[cfg.descriptor_stage], percentile=cfg.percentile,
+    dasr = DASR(model, model.stages[4], model.stages[stage], percentile=cfg.percentile,
                 n_sigma=cfg.n_sigma, max_peaks=cfg.max_peaks, excitation=arm == "dasr",
                 box_nms_iou=None if cfg.box_nms_iou < 0 else cfg.box_nms_iou)
     return [dasr.regions(image)[0].tolist() for image in scenes.images]
 
 
-def search(model, stage: int, boxes: list, scenes, queries: torch.Tensor, relevant: torch.Tensor) -> float:
-    """mAP (points): query = whole-crop pooled descriptor; image score = max cosine over its regions."""
+def search(model, stage: int, boxes: list, scenes, queries: torch.Tensor, relevant: torch.Tensor) -> list[float]:
+    """AP per query (points; their mean is the mAP): query = whole-crop pooled descriptor; image score =
+    max cosine over its regions. Per-query APs are the claims' per-example outcomes."""
     with torch.no_grad():
         qmaps = model.stages[:stage + 1]((queries - 0.5) / 0.25)
         dmaps = model.stages[:stage + 1]((scenes.images - 0.5) / 0.25)
@@ -148,7 +156,29 @@ def search(model, stage: int, boxes: list, scenes, queries: torch.Tensor, releva
         if b:
             desc = pool_regions(dmaps[n], torch.tensor(b), tuple(scenes.images.shape[-2:]))
             scores[:, n] = (q @ desc.t()).max(1).values
-    return 100 * mean_average_precision(scores, relevant)
+    return [100 * average_precision(s, r) for s, r in zip(scores, relevant)]
+
+
+def search_queries(instances: list, scenes, count: int, query_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` instances present in ``scenes``: their clean query crops and (Q, N) relevance."""
+    relevant = scenes.relevance(len(instances))
+    present = [q for q in range(len(instances)) if relevant[q].any()][:count]
+    return query_images(instances, query_size)[present], relevant[present]
+
+
+def choose_descriptor_stage(model, instances: list, cfg: InstanceSearchConfig, seed: int) -> tuple[int, dict]:
+    """The card's "a certain layer" (R), chosen among ``cfg.descriptor_candidates`` on VALIDATION scenes
+    (scene seed 30_000 + seed; the test database uses 10_000 + seed): the stage whose pooled ground-truth
+    boxes give the highest mAP. The oracle is the neutral criterion (it uses no arm's boxes). Returns
+    (stage, {stage: validation mAP})."""
+    if cfg.descriptor_stage >= 0:
+        return cfg.descriptor_stage, {}
+    scenes = make_instance_scenes(instances, cfg.validation_images, 30_000 + seed, cfg.image_size)
+    queries, relevant = search_queries(instances, scenes, cfg.queries, cfg.query_size)
+    boxes = [b.tolist() for b in scenes.boxes]
+    val = {stage: sum(search(model, stage, boxes, scenes, queries, relevant)) / len(queries)
+           for stage in cfg.descriptor_candidates}
+    return max(val, key=val.get), val
 
 
 @register_experiment
@@ -170,7 +200,11 @@ class InstanceSearchExperiment(Experiment):
                   "honed.vision.retrieval_metrics:localisation_recall")
     reconstructed = (
         "backbone: a 5-stage CNN pre-trained on 20 synthetic shape classes stands in for ImageNet ResNet-50",
-        "descriptor layer: stage 3 of 5 (layer3 analogue; card: 'a certain layer'); stage 4 reported as diagnostic",
+        "descriptor layer (card: 'a certain layer', layer3/layer4 as options): chosen per seed between the "
+        "layer3 / layer4 analogues (stages 3, 4) by the oracle-box mAP on validation scenes (the first version "
+        "fixed stage 3); descriptor_candidates can widen the choice to lower stages, but that is not the "
+        "default: widening was considered only after reading the first version's test mAP, so it would be a "
+        "choice informed by test; stage 4 is reported as a diagnostic",
         "no PCA whitening; the query descriptor pools the whole clean query crop",
         "scikit-image is not installed: its sample images are replaced by 8 procedural textured objects",
         "random_boxes: sides U(10%, 50%) of the image, as many per image as DASR found",
@@ -191,39 +225,52 @@ class InstanceSearchExperiment(Experiment):
     def measure(self, cfg: InstanceSearchConfig, seed: int, ctx: Any) -> SeedOutput:
         model, pre = pretrain(cfg, seed, ctx)
         instances = make_instances(seed)
+        stage, val_map = ctx.cached("descriptor_stage", lambda: choose_descriptor_stage(model, instances, cfg, seed))
         scenes = make_instance_scenes(instances, cfg.database_images, 10_000 + seed, cfg.image_size)
-        relevant = scenes.relevance(len(instances))
-        present = [q for q in range(len(instances)) if relevant[q].any()][:cfg.queries]
-        queries, relevant = query_images(instances, cfg.query_size)[present], relevant[present]
-        boxes = {arm: ctx.cached(f"boxes_{arm}", lambda arm=arm: arm_boxes(arm, model, cfg, scenes, seed))
+        queries, relevant = search_queries(instances, scenes, cfg.queries, cfg.query_size)
+        boxes = {arm: ctx.cached(f"boxes_{arm}", lambda arm=arm: arm_boxes(arm, model, cfg, scenes, seed, stage))
                  for arm in ARMS if arm != "random_boxes"}
         gen = torch.Generator().manual_seed(20_000 + seed)
         boxes["random_boxes"] = [random_boxes(gen, max(len(b), 1), cfg.image_size).tolist() for b in boxes["dasr"]]
         arms = {}
         for arm in ARMS:
             pred = [torch.tensor(b).reshape(-1, 4) for b in boxes[arm]]
-            arms[arm] = {"map": search(model, cfg.descriptor_stage, boxes[arm], scenes, queries, relevant),
+            arms[arm] = {"map": search(model, stage, boxes[arm], scenes, queries, relevant),
                          "map_stage4": search(model, 4, boxes[arm], scenes, queries, relevant),
                          "loc_recall50": localisation_recall(pred, scenes.boxes, 0.5),
                          "boxes_per_image": sum(map(len, pred)) / len(pred)}
-        return SeedOutput(arms=arms, extra=pre)
+        extra = {**pre, "descriptor_stage": stage,
+                 "validation_oracle_map_by_stage": {str(k): v for k, v in val_map.items()}}
+        return SeedOutput(arms=arms, extra=extra)
 
     def claims(self, cfg: InstanceSearchConfig, result: Any) -> list[Claim]:
-        m = {arm: result.mean(arm, "map") for arm in ARMS}
+        m = lambda arm: result.metric(arm, "map")  # noqa: E731 - per-query AP (points): paired over queries
         return [
-            Claim.check("dasr_minus_gap_map_points", m["dasr"] - m["gap"], ">=", 10.0,
+            Claim.check("DASR - global pooling mAP (points)", m("dasr") - m("gap"), ">=", 10.0,
                         "card: (a) DASR > (b) global average pooling by >= 10 mAP points", metric="map"),
-            Claim.check("dasr_minus_vanilla_grad_map_points", m["dasr"] - m["vanilla_grad"], ">=", 5.0,
+            Claim.check("DASR - vanilla gradient mAP (points)", m("dasr") - m("vanilla_grad"), ">=", 5.0,
                         "card: (a) > (c) vanilla gradient by a clear margin (fixed as 5 points)", metric="map"),
-            Claim.check("dasr_minus_random_boxes_map_points", m["dasr"] - m["random_boxes"], ">=", 5.0,
+            Claim.check("DASR - random boxes mAP (points)", m("dasr") - m("random_boxes"), ">=", 5.0,
                         "card: (a) > (d) random boxes by a clear margin (fixed as 5 points)", metric="map"),
-            Claim.check("oracle_minus_dasr_map_points", m["oracle_boxes"] - m["dasr"], ">=", 0.0,
+            Claim.check("oracle boxes - DASR mAP (points)", m("oracle_boxes") - m("dasr"), ">=", 0.0,
                         "card: (e) oracle GT boxes as the ceiling", metric="map"),
         ]
 
+    def preconditions(self, cfg: InstanceSearchConfig, result: Any) -> list[Precondition]:
+        m = lambda arm: result.metric(arm, "map")  # noqa: E731
+        return [Precondition.check(
+            "oracle boxes beat global pooling by the claimed margin", m("oracle_boxes") - m("gap"), ">", 10.0,
+            "localisation can only help as far as the descriptors allow: if even ground-truth boxes gain less "
+            "than the claimed 10 mAP points over global pooling, the backbone's descriptors, not DASR, decide")]
+
     def notes(self, cfg: InstanceSearchConfig, result: Any) -> list[str]:
         mean = result.mean
-        lines = ["mAP (stage 3 / stage 4 descriptors), recall@IoU0.5, boxes per image: " + "; ".join(
+        stages = result.extra.get("descriptor_stage", {}).get("values", [])
+        val = result.extra.get("validation_oracle_map_by_stage", {}).get("values", [])
+        lines = [f"descriptor stage per seed {[int(st) for st in stages]}, chosen on validation scenes by "
+                 "oracle-box mAP per stage: "
+                 + "; ".join(", ".join(f"stage {k} {v:.1f}" for k, v in by.items()) for by in val if by) + "."]
+        lines += ["mAP (chosen stage / stage 4 descriptors), recall@IoU0.5, boxes per image: " + "; ".join(
             f"{a} {mean(a, 'map'):.1f} / {mean(a, 'map_stage4'):.1f}, {mean(a, 'loc_recall50'):.2f}, "
             f"{mean(a, 'boxes_per_image'):.1f}" for a in ARMS) + "."]
         acc = result.extra.get("pretrain_acc")
