@@ -265,7 +265,8 @@ def run_arm(dense: torch.nn.Module, arm: str, sparsity: float, bits: float, data
         extra: dict[str, Any] = {"finetune_epochs": float(cfg.iterative_epochs)}
     else:
         model, plans, before = one_shot_arm(dense, arm, train_split, test, cfg, seed, sparsity, bits, clock)
-        extra = {"test_acc_one_shot": before, "layers": layer_table(plans), "finetune_epochs": float(cfg.finetune_epochs)}
+        extra = {"test_acc_one_shot": before, "layers": layer_table(plans),
+                 "finetune_epochs": float(cfg.finetune_epochs)}
     dense_acc = sum(dense_ref["test_acc"]) / len(dense_ref["test_acc"])
     metrics = measure_packed(model, key, cfg, ctx, test, dense_ref["packed_bytes"], dense_acc)
     return {**metrics, "finetune_s": clock.wall, "finetune_cpu_s": clock.cpu, **extra}
