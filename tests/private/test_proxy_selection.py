@@ -133,3 +133,22 @@ def test_phase_labels_refit_p2_only_and_select_inside_s1():
     assert all(torch.equal(proxies[1].params[k], v) for k, v in before.items())
     s1 = multiphase_select(pool[0], scorers[:1], sizes[:1])[0]
     assert len(picks["selectformer"]) == 10 and set(picks["selectformer"].tolist()) <= set(s1.tolist())
+
+
+def test_proxy_and_emulator_fit_follow_the_target_device():
+    """Issue 18: make_proxy builds on the target's device (a 'meta' target gives a 'meta' proxy)."""
+    from tests.device_checks import META, assert_on
+    assert_on(META, *make_proxy(TinyTransformer(n_blocks=2).to(META), 1, 2).state_dict().values())
+
+
+def test_sieve_on_the_test_device_selects_what_the_cpu_selects(device):
+    """One seed, one selection: emulators fitted with a CPU generator and the sieve run on ``device``."""
+    def run(dev):
+        torch.manual_seed(3)
+        target = TinyTransformer().to(dev)
+        proxy = make_proxy(target, 1, 2)
+        fit_emulators(proxy, target, torch.rand(20, 64).to(dev), steps=5, seed=3)
+        pool = torch.rand(30, 64, generator=torch.Generator().manual_seed(3)).to(dev)
+        return multiphase_select(pool, [_scorer(proxy), _scorer(target)], phase_sizes(30, 6, [0.4]))[0]
+    chosen = run(device)
+    assert chosen.device == torch.device(device) and chosen.tolist() == run("cpu").tolist()

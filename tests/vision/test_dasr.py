@@ -168,3 +168,17 @@ def test_dasr_localises_a_bright_square_with_a_positive_filter_net():
     assert 4 <= x0 <= 12 and 12 <= x1 <= 20 and 8 <= y0 <= 16 and 16 <= y1 <= 24, boxes[0]
     desc = dasr.describe(image, boxes)
     assert desc.shape == (len(boxes), 4) and torch.allclose(desc.norm(dim=1), torch.ones(len(boxes)))
+
+
+def test_dasr_regions_on_the_test_device_match_the_cpu(device):
+    """Issue 18: peaks, saliency, ellipse boxes and descriptors stay on the image's device."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    image = torch.rand(3, 32, 32)
+    boxes, scores = DASR(net, net[5], net[3]).regions(image)
+    moved = DASR(net.to(device), net[5], net[3])
+    on_boxes, on_scores = moved.regions(image.to(device))
+    assert {on_boxes.device, on_scores.device, moved.describe(image.to(device), on_boxes).device} == {device}
+    assert torch.allclose(on_boxes.cpu(), boxes, atol=1e-4) and torch.allclose(on_scores.cpu(), scores, atol=1e-5)
+    assert ellipse_box(torch.rand(5, 7, device=device)).device == device

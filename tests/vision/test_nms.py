@@ -232,3 +232,22 @@ def test_huge_coordinates_are_refused_before_allocating_and_class_ids_need_not_b
     sparse_ids = torch.tensor([7, 1000, 123456])[classes]
     assert torch.equal(psrr_maxpool_nms(boxes, scores, classes=sparse_ids, image_size=IMAGE),
                        psrr_maxpool_nms(boxes, scores, classes=classes, image_size=IMAGE))
+
+
+def test_channel_of_follows_the_boxes_device():
+    """Issue 18: the anchor constants move to the boxes' device (a CUDA batch no longer meets CPU anchors)."""
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 32.0], [10.0, 10.0, 74.0, 42.0]])
+    assert AnchorSet().channel_of(boxes.to("meta")).device == torch.device("meta")
+
+
+def test_every_nms_runs_on_the_test_device_and_keeps_the_cpu_boxes(device):
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(30, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 8 + torch.rand(30, 2, generator=g) * 80], 1)
+    scores, classes = torch.rand(30, generator=g), torch.randint(2, (30,), generator=g)
+    on = [t.to(device) for t in (boxes, scores, classes)]
+    for nms in (lambda b, s, c: greedy_nms(b, s, 0.5, c), lambda b, s, c: psrr_maxpool_nms(b, s, classes=c),
+                lambda b, s, c: maxpool_nms(b, s, anchors=b, classes=c),
+                lambda b, s, c: psrr_maxpool_nms_loop(b, s, classes=c)):
+        kept = nms(*on)
+        assert kept.device == torch.device(device) and kept.tolist() == nms(boxes, scores, classes).tolist()

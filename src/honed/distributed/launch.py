@@ -56,7 +56,10 @@ def _write(path: Path, value: Any) -> None:
 
 def _worker_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple,
                  out_dir: str, timeout_s: float, threads: int) -> None:
-    """Entry point of one spawned worker (module level so it pickles)."""
+    """Entry point of one spawned worker (module level so it pickles). Workers are gloo CPU processes by
+    design: CUDA is hidden from them before anything can touch it (torch's PowerSGD hook, for one, calls
+    ``torch.cuda.synchronize`` whenever a GPU is visible, whatever the tensors' device)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(threads)
     out = Path(out_dir)
     code = 0
@@ -110,8 +113,9 @@ def run_workers(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (
     port. A worker that raises, dies or hangs past ``timeout_s`` in a collective raises WorkerError
     naming its rank (the other workers are terminated). ``start_method``: "spawn" (default, safe
     anywhere; each worker re-imports torch, and DDP pulls in torch._dynamo: seconds per launch) or
-    "fork" (POSIX; workers share the parent's imported modules and start in ~0.1 s; not after CUDA
-    was initialised in the parent).
+    "fork" (POSIX; workers share the parent's imported modules and start in ~0.1 s); a parent that has
+    initialised CUDA cannot fork safely, so "fork" then becomes "spawn". Workers never see a GPU (the
+    gloo arms stay on the CPU by design).
     """
     if not isinstance(world_size, int) or world_size < 1:
         raise InputError(f"world_size must be an integer >= 1, got {world_size!r}")
@@ -121,6 +125,8 @@ def run_workers(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (
         raise InputError(f"fn must be callable, got {type(fn).__name__}")
     if torchrun_rank() is not None:
         return _run_in_torchrun_group(fn, world_size, tuple(args), threads_per_worker)
+    if start_method == "fork" and torch.cuda.is_initialized():
+        start_method = "spawn"
     for attempt in range(RENDEZVOUS_ATTEMPTS):
         try:
             return _run_once(fn, world_size, args, timeout_s, threads_per_worker, start_method)

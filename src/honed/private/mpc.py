@@ -11,6 +11,7 @@ A model given to the harness is any object with ``mpc_parameters() -> dict[str, 
 (see :mod:`honed.private.proxy_selection`). Party 0 (model owner) secret-shares the weights; party 1
 (data owner) secret-shares the inputs; only the requested output is revealed.
 """
+import copy
 import os
 import sys
 import time
@@ -134,6 +135,9 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
     comm_seconds_per_example (time inside communication calls, waiting for the peer included),
     cpu_seconds_per_example (this party's process CPU time: its local compute, whatever the host's load),
     rounds_per_batch, output (B,) or (B, C) decrypted}} from party 0. ``parties`` >= 2 processes on loopback.
+    The parties run on the CPU by design (CrypTen over gloo): models that are torch modules and the
+    tokens are copied there, whatever their device, and the parties are spawned rather than forked
+    once this process has initialised CUDA.
     """
     if not isinstance(tokens, torch.Tensor) or tokens.ndim < 2 or tokens.shape[0] < 1:
         raise InputError(f"tokens must be a (B, ...) tensor with B >= 1, got {getattr(tokens, 'shape', tokens)}")
@@ -146,11 +150,13 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
     import_crypten()  # fail early in the parent with the install hint
     from honed.distributed.launch import run_workers
 
-    # fork starts parties in ~0.1 s, but not from a parent that holds a process group itself
-    forkable = "fork" in torch.multiprocessing.get_all_start_methods() and not torch.distributed.is_initialized()
+    # fork starts parties in ~0.1 s, but not from a parent that holds a process group or CUDA itself
+    forkable = ("fork" in torch.multiprocessing.get_all_start_methods() and not torch.distributed.is_initialized()
+                and not torch.cuda.is_initialized())
     start_method = "fork" if forkable else "spawn"
     run = launcher or run_workers
-    results = run(_party, world_size=parties, args=(_free_port(), models, tokens.detach().cpu(), reveal),
+    on_cpu = {name: copy.deepcopy(m).cpu() if isinstance(m, torch.nn.Module) else m for name, m in models.items()}
+    results = run(_party, world_size=parties, args=(_free_port(), on_cpu, tokens.detach().cpu(), reveal),
                   timeout_s=timeout_s, start_method=start_method)
     return results[0]
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from honed.core.errors import ConfigError, InputError
+from honed.core.loop import model_device
 
 N_TOKENS, PATCH = 16, 4
 LN_EPS = 1e-5
@@ -255,12 +256,12 @@ def calibrate_norm_scales(model: TinyTransformer, x: torch.Tensor, low: float = 
 def make_proxy(target: TinyTransformer, n_blocks: int, emulator_width: int,
                fuse_ffn: bool = True) -> TinyTransformer:
     """SelectFormer step 3 (arXiv:2310.02373): bottom ``n_blocks`` blocks + head of ``target`` with
-    emulator MLPs (random init; fit them with :func:`fit_emulators`)."""
+    emulator MLPs (random init; fit them with :func:`fit_emulators`), on the target's device."""
     if not 1 <= n_blocks < target.n_blocks:
         raise ConfigError(f"proxy n_blocks must be in [1, {target.n_blocks - 1}] (strictly fewer than the "
                           f"target's {target.n_blocks} blocks, card step 3), got {n_blocks}")
     proxy = TinyTransformer(n_blocks, target.width, target.heads, target.ffn, target.classes,
-                            emulator_width, fuse_ffn)
+                            emulator_width, fuse_ffn).to(model_device(target))
     with torch.no_grad():
         for name, value in target.params.items():
             if name in proxy.params:
@@ -273,7 +274,9 @@ def fit_emulators(proxy: TinyTransformer, target: TinyTransformer, boot_x: torch
                   lr: float = 1e-2, seed: int = 0) -> dict[str, float]:
     """SelectFormer step 5 (arXiv:2310.02373): train each emulator MLP of ``proxy`` on synthetic
     inputs drawn from a Gaussian fitted to the target's recorded chain inputs on ``boot_x`` (B, 64).
-    ``gaussian_fit`` "per_dim" (R; mean and variance per dimension). Returns held-out MSE per chain."""
+    ``gaussian_fit`` "per_dim" (R; mean and variance per dimension). Returns held-out MSE per chain.
+    Synthetic inputs come from a CPU generator seeded ``seed`` and move to the target's device, so a seed
+    fits the same emulators on every device."""
     if gaussian_fit != "per_dim" or synthetic_factor < 1:
         raise ConfigError(f"gaussian_fit must be 'per_dim' and synthetic_factor >= 1, got {gaussian_fit!r}, {synthetic_factor}")
     record: dict[str, list] = {}
@@ -284,7 +287,7 @@ def fit_emulators(proxy: TinyTransformer, target: TinyTransformer, boot_x: torch
     for name in proxy.emulator_names():
         real = torch.cat(record[name])
         mean, std = real.mean(0), real.std(0) + 1e-4
-        synth = mean + std * torch.randn((len(real) * synthetic_factor, real.shape[1]), generator=gen)
+        synth = mean + std * torch.randn((len(real) * synthetic_factor, real.shape[1]), generator=gen).to(mean)
         with torch.no_grad():
             labels = exact_chain(target, name, synth)
         mses[name] = _regress(proxy, name, synth, labels, steps, lr, gen)
@@ -299,7 +302,7 @@ def _regress(proxy: TinyTransformer, name: str, synth: torch.Tensor, labels: tor
     opt = torch.optim.Adam([proxy.params[k] for k in keys], lr=lr)
     p = proxy.params
     for _ in range(steps):
-        idx = torch.randint(0, n_fit, (min(512, n_fit),), generator=gen)
+        idx = torch.randint(0, n_fit, (min(512, n_fit),), generator=gen).to(synth.device)
         loss = F.mse_loss(_mlp(p, name + "_", synth[idx]), labels[idx])
         opt.zero_grad()
         loss.backward()
@@ -329,8 +332,9 @@ def secure_topk_standin(scores: torch.Tensor, k: int) -> torch.Tensor:
     QuickSelect of arXiv:2310.02373: only membership leaves this function, sorted by index."""
     if scores.ndim != 1 or not 0 <= k <= len(scores):
         raise InputError(f"need 1-D scores and 0 <= k <= {len(scores)}, got shape {tuple(scores.shape)}, k {k}")
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    return torch.tensor(sorted(order[:k]), dtype=torch.long)
+    values = scores.detach().cpu().tolist()  # one transfer, not one per element
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return torch.tensor(sorted(order[:k]), dtype=torch.long, device=scores.device)
 
 
 def multiphase_select(pool_x: torch.Tensor, scorers: Sequence[Callable[[torch.Tensor], torch.Tensor]],
@@ -341,7 +345,7 @@ def multiphase_select(pool_x: torch.Tensor, scorers: Sequence[Callable[[torch.Te
     check_pool(pool_x)
     if len(scorers) != len(sizes):
         raise ConfigError(f"{len(scorers)} scorers for {len(sizes)} phase sizes")
-    alive, history = torch.arange(len(pool_x)), []
+    alive, history = torch.arange(len(pool_x), device=pool_x.device), []
     for scorer, size in zip(scorers, sizes):
         with torch.no_grad():
             scores = scorer(pool_x[alive])

@@ -144,8 +144,8 @@ def ellipse_box(weights: torch.Tensor, n_sigma: float = 2.0) -> torch.Tensor:
         raise InputError("weights have no mass: no region to fit")
     h, w = weights.shape
     p = (weights / total).double()
-    ys = torch.arange(h, dtype=torch.float64) + 0.5
-    xs = torch.arange(w, dtype=torch.float64) + 0.5
+    ys = torch.arange(h, dtype=torch.float64, device=weights.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float64, device=weights.device) + 0.5
     px, py = p.sum(0), p.sum(1)
     mx, my = (px * xs).sum(), (py * ys).sum()
     dx, dy = xs[None, :] - mx, ys[:, None] - my
@@ -252,7 +252,8 @@ class DASR:
         rc, scores = find_peaks(response)
         if len(rc) == 0:
             top = int(response.argmax())
-            rc, scores = torch.tensor([[top // response.shape[1], top % response.shape[1]]]), response.flatten()[[top]]
+            rc = torch.tensor([[top // response.shape[1], top % response.shape[1]]], device=response.device)
+            scores = response.flatten()[[top]]
         return rc[:self.max_peaks], scores[:self.max_peaks]
 
     def saliency_maps(self, image: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
@@ -263,7 +264,7 @@ class DASR:
             x, outs = self.taps(image, ("response",), batch=len(peaks), requires_grad=True)
             response = outs["response"]
             seed = torch.zeros_like(response)
-            seed[torch.arange(len(peaks)), :, peaks[:, 0], peaks[:, 1]] = 1.0 / response.shape[1]
+            seed[torch.arange(len(peaks), device=seed.device), :, peaks[:, 0], peaks[:, 1]] = 1.0 / response.shape[1]
             (grad,) = torch.autograd.grad(response, x, seed)
         return peak_response_map(grad.detach(), self.percentile)
 
@@ -273,7 +274,7 @@ class DASR:
         maps = self.saliency_maps(image, peaks)
         alive = maps.flatten(1).sum(1) > 0
         boxes = [ellipse_box(m, self.n_sigma) for m in maps[alive]]
-        boxes = torch.stack(boxes) if boxes else torch.zeros(0, 4)
+        boxes = torch.stack(boxes) if boxes else torch.zeros(0, 4, device=maps.device)
         scores = scores[alive]
         if self.box_nms_iou is not None and len(boxes):
             from honed.vision.nms import greedy_nms

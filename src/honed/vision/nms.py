@@ -91,11 +91,13 @@ class AnchorSet:
         third-party squared difference of (area, ratio), dominated by area (kept for comparison)."""
         w = (boxes[:, 2] - boxes[:, 0]).double().clamp_min(1e-6)
         h = (boxes[:, 3] - boxes[:, 1]).double().clamp_min(1e-6)
-        areas = torch.tensor([s * s for s in self.sides], dtype=torch.float64)
+        areas = torch.tensor([s * s for s in self.sides], dtype=torch.float64)  # constants: gaps on the CPU
         ratios = torch.tensor(self.ratios, dtype=torch.float64)
+        gaps = log_gap(areas), log_gap(ratios)
+        areas, ratios = areas.to(boxes.device), ratios.to(boxes.device)
         if distance == "log":
-            d_s = (torch.log(w * h)[:, None] - areas.log()).abs() / log_gap(areas)
-            d_r = (torch.log(h / w)[:, None] - ratios.log()).abs() / log_gap(ratios)
+            d_s = (torch.log(w * h)[:, None] - areas.log()).abs() / gaps[0]
+            d_r = (torch.log(h / w)[:, None] - ratios.log()).abs() / gaps[1]
             return d_s.argmin(1) * len(self.ratios) + d_r.argmin(1)
         if distance == "raw":
             d = ((w * h)[:, None, None] - areas[:, None]) ** 2 + ((h / w)[:, None, None] - ratios) ** 2
@@ -145,7 +147,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
     order = score_order(scores)
     b = boxes[order]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    suppressed = torch.zeros(len(b), dtype=torch.bool)
+    suppressed = torch.zeros(len(b), dtype=torch.bool, device=b.device)
     keep = []
     for i in range(len(b)):
         if suppressed[i]:
@@ -157,7 +159,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
         inter = iw * ih
         iou = inter / (area[i] + area[i + 1:] - inter).clamp_min(1e-12)
         suppressed[i + 1:] |= iou > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.long)]
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
 @dataclass(frozen=True)
@@ -190,14 +192,14 @@ def map_to_cells(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tenso
         low = torch.zeros(2, dtype=torch.float64, device=boxes.device)
         top = torch.tensor([width, height], dtype=torch.float64, device=boxes.device)
     grid_w, grid_h = (max(1, math.ceil(float(v) / stride)) for v in (top - low))
-    cls = torch.zeros(n, dtype=torch.long) if classes is None else torch.unique(classes, return_inverse=True)[1]
+    cls = torch.zeros(n, dtype=torch.long, device=boxes.device) if classes is None else torch.unique(classes, return_inverse=True)[1]
     n_cls = int(cls.max()) + 1 if n else 1
     check_map_size((n_cls, anchor_set.num_channels, grid_h, grid_w), stride)
     centre = (boxes[:, :2] + boxes[:, 2:]).double() / 2 - low
     row = torch.floor(centre[:, 1] / stride).long().clamp(0, grid_h - 1)
     col = torch.floor(centre[:, 0] / stride).long().clamp(0, grid_w - 1)
-    key = torch.empty(n, dtype=torch.float64)
-    key[score_order(scores)] = torch.arange(n, 0, -1, dtype=torch.float64)
+    key = torch.empty(n, dtype=torch.float64, device=scores.device)
+    key[score_order(scores)] = torch.arange(n, 0, -1, dtype=torch.float64, device=scores.device)
     return CellMap(cls, anchor_set.channel_of(boxes, channel_distance), row, col, key,
                    (n_cls, anchor_set.num_channels, grid_h, grid_w))
 
@@ -256,12 +258,12 @@ def pooled_survivors(cells: CellMap, groups, shift: bool) -> torch.Tensor:
     3-4), computed with scatter_reduce + F.max_pool2d (kernel = stride) + a gather per box."""
     n_cls, n_ch, grid_h, grid_w = cells.shape
     flat = ((cells.cls * n_ch + cells.channel) * grid_h + cells.row) * grid_w + cells.col
-    score_map = torch.full((n_cls * n_ch * grid_h * grid_w,), -1.0, dtype=torch.float64)
+    score_map = torch.full((n_cls * n_ch * grid_h * grid_w,), -1.0, dtype=torch.float64, device=cells.key.device)
     score_map = score_map.scatter_reduce(0, flat, cells.key, reduce="amax")
     alive = score_map[flat] == cells.key
     score_map = score_map.view(n_cls, n_ch, grid_h, grid_w)
     for chans, kernel in groups:
-        member = torch.zeros(n_ch, dtype=torch.bool)
+        member = torch.zeros(n_ch, dtype=torch.bool, device=cells.channel.device)
         member[list(chans)] = True
         in_group = member[cells.channel]
         merged = score_map[:, list(chans)].amax(1, keepdim=True)
@@ -347,5 +349,5 @@ def psrr_maxpool_nms_loop(boxes: torch.Tensor, scores: torch.Tensor, iou_thresho
                        and (col[j] + ox) // kx == (col[i] + ox) // kx for j in rivals)
         if not dead:
             keep.append(i)
-    keep_t = torch.tensor(keep, dtype=torch.long)
+    keep_t = torch.tensor(keep, dtype=torch.long, device=scores.device)
     return keep_t[score_order(scores[keep_t])] if keep else keep_t
