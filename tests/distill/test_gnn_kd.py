@@ -227,3 +227,16 @@ def test_student_embedding_and_normalised_adjacency():
     assert emb.shape == (10, 16) and logits.shape == (10, 2)
     emb, logits = NodeClassifier(3, 8, 2, layers=3, conv="gat", heads=2)(g.x, inputs)
     assert emb.shape == (10, 8)
+
+
+def test_subsampling_with_a_cpu_generator_follows_the_embeddings_device(device):
+    """Issue 18: rows are drawn on the generator's device and moved to the embeddings' device, so one
+    seed picks the same rows everywhere; models and heads have no CPU default."""
+    from honed.distill.gnn_kd import subsample_rows
+    from tests.device_checks import META, assert_on, cpu_generator
+    assert_on(META, subsample_rows(9, 5, cpu_generator(), META))
+    assert torch.equal(subsample_rows(9, 5, cpu_generator()), torch.randperm(9, generator=cpu_generator())[:5])
+    loss = GSPLoss(4, 6, proj_dim=3, max_samples=5, device=device)
+    assert_on(device, loss.project(torch.rand(9, 4, device=device), torch.rand(9, 6, device=device), cpu_generator()))
+    with torch.device("meta"):
+        assert_on(META, *NodeClassifier(4, 8, 3).state_dict().values(), *GCRDLoss(4, 6, proj_dim=3).state_dict().values())

@@ -143,3 +143,14 @@ def test_generator_steps_leave_the_critic_unchanged_and_runs_are_reproducible():
         assert log.decisions == "G" and all(torch.equal(a, b) for a, b in zip(before, d.parameters()))
         logs.append(log.evals[-1]["out"])
     assert logs[0] == logs[1] and logs[0] != 0.0
+
+
+def test_training_follows_the_generator_device_by_default(device):
+    """Issue 18: no CPU default - batches, noise and the seeded generator live on the nets' device."""
+    g, d = (net.to(device) for net in tiny_gan())
+    seen = []
+    def sample(n, rng):
+        seen.append(rng.device)
+        return sample_gaussian_ring(n, rng)
+    log = train_gan_updates(g, d, sample, FixedUpdateSchedule(1, 1), 2, z_dim=2, batch_size=8)
+    assert log.d_steps + log.g_steps == 2 and set(seen) == {torch.device(device)}

@@ -61,3 +61,12 @@ def test_bad_inputs_raise_one_line_errors():
         rbf_mmd2(x, torch.full((4, 2), float("nan")))
     with pytest.raises(InputError, match="bandwidths"):
         rbf_mmd2(x, x, (0.0,))
+
+
+def test_ring_samples_are_drawn_on_the_generator_device_and_land_where_asked():
+    """Issue 18: a CPU generator draws on the CPU (same points everywhere) and the points move to ``device``."""
+    a = sample_gaussian_ring(20, torch.Generator().manual_seed(0), device="meta")
+    b = sample_gaussian_ring(20, torch.Generator().manual_seed(0))
+    assert a.device == torch.device("meta") and b.device == torch.device("cpu")
+    with torch.device("meta"):
+        assert ring_centers().device == torch.device("meta")

@@ -191,3 +191,10 @@ def test_frechet_distance_equals_a_plain_scipy_reference():
     half = linalg.sqrtm(ca).real  # tr((Ca Cb)^(1/2)) = tr((Ca^(1/2) Cb Ca^(1/2))^(1/2)), a symmetric PSD root
     reference = np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb) - 2 * np.trace(linalg.sqrtm(half @ cb @ half).real)
     assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-8)
+
+
+def test_gaussian_kernel_has_no_cpu_default():
+    """Issue 18: built under ``with torch.device(...)`` the kernel lives there."""
+    from honed.generative.transfer_gan import gaussian_kernel1d
+    with torch.device("meta"):
+        assert gaussian_kernel1d(1.0).device == torch.device("meta")

@@ -60,3 +60,10 @@ def test_convert_replaces_only_the_named_convs_and_keeps_the_original():
 def test_square_activation_is_x_squared():
     x = torch.tensor([-2.0, -0.5, 0.0, 3.0])
     assert torch.equal(Square()(x), torch.tensor([4.0, 0.25, 0.0, 9.0]))
+
+
+def test_ffconv_lives_on_the_default_device_when_none_is_given():
+    """Issue 18: no CPU default - FFConv built under ``with torch.device(...)`` lives there."""
+    with torch.device("meta"):
+        layer = FFConv(3, 4, 3, rank=2)
+    assert {t.device.type for t in layer.state_dict().values()} == {"meta"}

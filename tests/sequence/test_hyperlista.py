@@ -170,3 +170,24 @@ def test_bad_inputs_raise_input_error():
         grid_search_hyperlista(model, y, x[:, :-1], [0.1], [0.1], [0.1])
     with pytest.raises(InputError):
         sample_sparse_signals(4, 10, p=0.0)
+
+
+def test_problem_draws_happen_on_the_generator_device_and_land_where_asked():
+    """Issue 18: a CPU generator draws on the CPU (same numbers everywhere), the result moves to ``device``."""
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    A, x = gaussian_sensing_matrix(6, 10, g(), device="meta"), sample_sparse_signals(4, 10, generator=g(), device="meta")
+    assert A.device == x.device == torch.device("meta")
+    assert torch.equal(gaussian_sensing_matrix(6, 10, g()), gaussian_sensing_matrix(6, 10, g(), device="cpu"))
+    assert measure(torch.rand(6, 10, device="meta"), torch.rand(4, 10, device="meta"), 20.0, g()).device.type == "meta"
+
+
+def test_grid_search_on_the_test_device_picks_the_cpu_constants(device):
+    g = torch.Generator().manual_seed(1)
+    A = gaussian_sensing_matrix(12, 30, g)
+    x = sample_sparse_signals(16, 30, p=0.1, generator=g)
+    y = measure(A, x)
+    grids = [0.01, 0.05, 0.2], [0.0, 0.03], [0.5, 3.0]
+    on_cpu = grid_search_hyperlista(HyperLISTA(A, layers=3), y, x, *grids)
+    moved = grid_search_hyperlista(HyperLISTA(A.to(device), layers=3), y.to(device), x.to(device), *grids)
+    assert (moved.c_theta, moved.c_beta, moved.c_p) == (on_cpu.c_theta, on_cpu.c_beta, on_cpu.c_p)
+    assert torch.allclose(moved.loss.cpu(), on_cpu.loss, rtol=1e-4)

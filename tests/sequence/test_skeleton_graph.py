@@ -160,3 +160,14 @@ def test_baselines_shapes_and_lift_cv_on_a_static_upright_person():
     torch.testing.assert_close(pred, lift.lift(static)[:, -1:].expand(-1, 10, -1, -1))
     depth_err = (lift.lift(data.x2d)[..., 2] - data.x3d[..., 2]).abs().mean() / data.x3d[..., 2].mean()
     assert float(depth_err) < 0.2  # the size-based depth is within 20% on average
+
+
+def test_models_have_no_cpu_default():
+    """Issue 18: built under a default device (``with torch.device(...)``), the models live there; the
+    graph model follows its adjacency unless ``device`` says otherwise."""
+    from tests.device_checks import META, assert_on
+    adjacency = skeleton_adjacency()
+    with torch.device("meta"):
+        assert_on(META, *PoseMLP().state_dict().values(), *PoseGRUSeq2Seq().state_dict().values())
+    assert_on(META, *SkeletonGraph(adjacency.to(META), n_stgcnn=1, n_txpcnn=2).state_dict().values())
+    assert_on(META, *SkeletonGraph(adjacency, n_stgcnn=1, n_txpcnn=2, device=META).state_dict().values())

@@ -137,3 +137,15 @@ def test_bad_inputs_raise():
     with pytest.raises(InputError):
         sample_grid_size(())
     assert sample_grid_size((1, 2, 4), torch.Generator().manual_seed(0)) in (1, 2, 4)
+
+
+def test_masks_follow_the_labels_device_with_a_cpu_generator(device):
+    """Issue 18: draws happen on the generator's device (the same masks everywhere) and the masks lie on
+    the labels' device; the builders have no CPU default."""
+    labels = torch.randint(0, 4, (3, 8, 8), generator=torch.Generator().manual_seed(0))
+    for method in ("cutmix", "classmix", "complexmix"):
+        on_cpu = batch_masks(labels, method, generator=torch.Generator().manual_seed(1))
+        moved = batch_masks(labels.to(device), method, generator=torch.Generator().manual_seed(1))
+        assert moved.device == torch.device(device) and torch.equal(moved.cpu(), on_cpu)
+    with torch.device("meta"):
+        assert grid_cells(8, 8, 2).device.type == cutmix_mask(8, 8).device.type == "meta"

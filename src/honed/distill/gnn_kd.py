@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.seed import draw_device
 
 KERNELS = ("cosine", "poly", "l2", "rbf")
 
@@ -151,19 +152,21 @@ def pairwise_similarity(x: torch.Tensor, kernel: str) -> torch.Tensor:
 
 
 def subsample_rows(n: int, max_samples: int, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor | None:
+                   device: torch.device | str | None = None) -> torch.Tensor | None:
     """Joshi et al. (arXiv:2111.04964): ``max_samples`` distinct row ids of n drawn without
-    replacement (int64), or None when n <= max_samples (use every row)."""
+    replacement (int64), or None when n <= max_samples (use every row). Drawn on the generator's device
+    (the CPU without one), returned on ``device`` (default: there)."""
     if n <= max_samples:
         return None
-    return torch.randperm(n, generator=generator, device=device)[:max_samples]
+    draw = draw_device(generator, "cpu" if device is None else device)
+    return torch.randperm(n, generator=generator, device=draw)[:max_samples].to(draw if device is None else device)
 
 
 class ProjectionHead(nn.Sequential):
     """Joshi et al. (arXiv:2111.04964): Linear(in_dim, out_dim) -> BatchNorm1d -> ReLU, mapping
     (N, in_dim) embeddings into the shared space of GSP / G-CRD. Discarded at test time."""
 
-    def __init__(self, in_dim: int, out_dim: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, in_dim: int, out_dim: int, device: torch.device | str | None = None) -> None:
         check_count(in_dim, "in_dim")
         check_count(out_dim, "out_dim")
         super().__init__(nn.Linear(in_dim, out_dim, device=device), nn.BatchNorm1d(out_dim, device=device),
@@ -174,7 +177,7 @@ class _ProjectedLoss(nn.Module):
     """Shared part of GSP and G-CRD: two trainable heads (student and teacher), subsampling."""
 
     def __init__(self, student_dim: int, teacher_dim: int, proj_dim: int, max_samples: int,
-                 project: bool, device: torch.device | str) -> None:
+                 project: bool, device: torch.device | str | None) -> None:
         super().__init__()
         self.max_samples = check_count(max_samples, "max_samples", minimum=2)
         if project:
@@ -209,7 +212,7 @@ class GSPLoss(_ProjectedLoss):
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, kernel: str = "cosine", proj_dim: int = 128,
-                 max_samples: int = 4096, project: bool = True, device: torch.device | str = "cpu") -> None:
+                 max_samples: int = 4096, project: bool = True, device: torch.device | str | None = None) -> None:
         super().__init__(student_dim, teacher_dim, proj_dim, max_samples, project, device)
         self.kernel = _check_kernel(kernel)
 
@@ -242,7 +245,7 @@ class GCRDLoss(_ProjectedLoss):
     """
 
     def __init__(self, student_dim: int, teacher_dim: int, proj_dim: int = 256, temperature: float = 0.075,
-                 max_samples: int = 16384, project: bool = True, device: torch.device | str = "cpu") -> None:
+                 max_samples: int = 16384, project: bool = True, device: torch.device | str | None = None) -> None:
         super().__init__(student_dim, teacher_dim, proj_dim, max_samples, project, device)
         self.temperature = check_number(temperature, "temperature", strict=True)
 

@@ -82,7 +82,7 @@ class NodeClassifier(nn.Module):
     hidden block (N, hidden), logits (N, num_classes))."""
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int, layers: int = 2, dropout: float = 0.5,
-                 conv: str = "gcn", heads: int = 4, device: torch.device | str = "cpu") -> None:
+                 conv: str = "gcn", heads: int = 4, device: torch.device | str | None = None) -> None:
         super().__init__()
         check_count(layers, "layers", 2)
         if conv not in ("gcn", "gat"):

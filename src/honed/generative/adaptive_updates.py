@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.loop import model_device
 from honed.core.progress import progress_bar
 
 CHOICES = ("D", "G")
@@ -205,13 +206,16 @@ def train_gan_updates(generator_net: nn.Module, critic: nn.Module, sample_real: 
                       schedule: FixedUpdateSchedule, total_updates: int, z_dim: int, *, batch_size: int = 256,
                       lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9), lambda_gp: float = 10.0,
                       eval_every: int = 0, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                      seed: int = 0, device: str | torch.device = "cpu") -> GanUpdateLog:
+                      seed: int = 0, device: str | torch.device | None = None) -> GanUpdateLog:
     """WGAN-GP training (arXiv:2008.12463's setting) for exactly ``total_updates`` D + G steps, each
     chosen by ``schedule`` (fixed or :class:`LossChangeRatioScheduler`). ``sample_real(B, rng)`` -> (B, ...)
     real batch; z ~ N(0, I) of shape (B, z_dim); the same ``seed`` gives every schedule the same batch
-    stream. ``evaluate(generator)`` -> metrics, run at update 0, every ``eval_every`` and at the end."""
+    stream. ``evaluate(generator)`` -> metrics, run at update 0, every ``eval_every`` and at the end.
+    ``device``: where batches, noise and the seeded generator live (default: the generator net's device).
+    ``train_seconds`` is wall time per update; each update reads its losses back (``.item()``), so the
+    device is synchronised inside it."""
     check_count(total_updates, "total_updates")
-    device = torch.device(device)
+    device = model_device(generator_net) if device is None else torch.device(device)
     rng = torch.Generator(device=device).manual_seed(seed)
     opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
     opt_g = torch.optim.Adam(generator_net.parameters(), lr=lr, betas=betas)

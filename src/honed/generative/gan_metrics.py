@@ -9,7 +9,7 @@ import torch
 from honed.core.errors import InputError, check_count, check_number
 
 
-def ring_centers(modes: int = 8, radius: float = 2.0, device: str | torch.device = "cpu") -> torch.Tensor:
+def ring_centers(modes: int = 8, radius: float = 2.0, device: str | torch.device | None = None) -> torch.Tensor:
     """(modes, 2) centres equally spaced on a circle of ``radius`` (first one at angle 0)."""
     check_count(modes, "modes")
     angles = torch.arange(modes, dtype=torch.float32, device=device) * (2 * math.pi / modes)
@@ -17,15 +17,16 @@ def ring_centers(modes: int = 8, radius: float = 2.0, device: str | torch.device
 
 
 def sample_gaussian_ring(n: int, generator: torch.Generator | None = None, modes: int = 8, radius: float = 2.0,
-                         std: float = 0.02, device: str | torch.device = "cpu") -> torch.Tensor:
+                         std: float = 0.02, device: str | torch.device | None = None) -> torch.Tensor:
     """(n, 2) points of the mixture of ``modes`` equal-weight isotropic Gaussians (std ``std``) on a circle
-    of ``radius`` - the 8-Gaussian toy data of arXiv:2008.12463's small-scale reproduction."""
+    of ``radius`` - the 8-Gaussian toy data of arXiv:2008.12463's small-scale reproduction. Drawn on the
+    generator's device and returned on ``device`` (default: where they were drawn)."""
     check_count(n, "n")
     check_number(std, "std")
     gen_device = generator.device if generator is not None else device
     which = torch.randint(0, modes, (n,), generator=generator, device=gen_device)
     noise = torch.randn(n, 2, generator=generator, device=gen_device) * std
-    return (ring_centers(modes, radius, gen_device)[which] + noise).to(device)
+    return (ring_centers(modes, radius, which.device)[which] + noise).to(which.device if device is None else device)
 
 
 def check_points(x: torch.Tensor, name: str) -> None:

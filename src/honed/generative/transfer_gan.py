@@ -50,7 +50,7 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int) -> None:
         raise InputError(f"labels must lie in [0, {num_classes - 1}]")
 
 
-def gaussian_kernel1d(sigma: float, device: str | torch.device = "cpu") -> torch.Tensor:
+def gaussian_kernel1d(sigma: float, device: str | torch.device | None = None) -> torch.Tensor:
     """CTF (arXiv:1909.11308) degradation helper: normalised 1-D Gaussian, radius ceil(3 sigma)."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)

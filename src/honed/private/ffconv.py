@@ -46,7 +46,7 @@ class FFConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rank: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, bias: bool = True, device: str | torch.device = "cpu",
+                 padding: int = 0, dilation: int = 1, bias: bool = True, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
         if isinstance(kernel_size, tuple):

@@ -58,7 +58,7 @@ class HARConvNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = CARD_WIDTHS, dropout: float = 0.5,
-                 input_noise: float = 0.15, device: str | torch.device = "cpu") -> None:
+                 input_noise: float = 0.15, device: str | torch.device | None = None) -> None:
         super().__init__()
         if len(widths) != 6 or any(int(w) < 1 for w in widths):
             raise InputError(f"widths must be 6 positive ints, got {widths!r}")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.seed import draw_device
 
 EPS = 1e-12  # added to the l1 proxies so the log ratio for p stays finite when the residual vanishes
 
@@ -55,32 +56,36 @@ def _check_unit_columns(A: torch.Tensor, solver: str) -> None:
 
 
 def gaussian_sensing_matrix(m: int, n: int, generator: torch.Generator | None = None,
-                            device: str | torch.device = "cpu") -> torch.Tensor:
-    """HyperLISTA (arXiv:2110.15900) dictionary: (m, n) entries N(0, 1/m), columns normalised to unit l2."""
+                            device: str | torch.device | None = None) -> torch.Tensor:
+    """HyperLISTA (arXiv:2110.15900) dictionary: (m, n) entries N(0, 1/m), columns normalised to unit l2.
+    Drawn on the generator's device (the CPU without one) and returned on ``device`` (default: there)."""
     check_count(m, "m"), check_count(n, "n")
-    A = torch.randn(m, n, generator=generator) / math.sqrt(m)
-    return (A / A.norm(dim=0, keepdim=True)).to(device)
+    draw = draw_device(generator, "cpu")
+    A = torch.randn(m, n, generator=generator, device=draw) / math.sqrt(m)
+    return (A / A.norm(dim=0, keepdim=True)).to(draw if device is None else device)
 
 
 def sample_sparse_signals(batch: int, n: int, p: float = 0.1, magnitude: str = "normal", scale: float = 1.0,
                           low: float = 0.5, high: float = 2.0, generator: torch.Generator | None = None,
-                          device: str | torch.device = "cpu") -> torch.Tensor:
+                          device: str | torch.device | None = None) -> torch.Tensor:
     """HyperLISTA (arXiv:2110.15900) signals x* of shape (batch, n): Bernoulli(p) support times
-    N(0, scale^2) (``magnitude="normal"``) or random sign times Uniform[low, high] (``"uniform"``)."""
+    N(0, scale^2) (``magnitude="normal"``) or random sign times Uniform[low, high] (``"uniform"``).
+    Drawn on the generator's device (the CPU without one) and returned on ``device`` (default: there)."""
     check_count(batch, "batch"), check_count(n, "n")
+    draw = draw_device(generator, "cpu")
     if not 0.0 < p <= 1.0:
         raise InputError(f"p must lie in (0, 1], got {p}")
-    support = torch.rand(batch, n, generator=generator) < p
+    support = torch.rand(batch, n, generator=generator, device=draw) < p
     if magnitude == "normal":
-        values = check_number(scale, "scale", strict=True) * torch.randn(batch, n, generator=generator)
+        values = check_number(scale, "scale", strict=True) * torch.randn(batch, n, generator=generator, device=draw)
     elif magnitude == "uniform":
         if not 0 <= low <= high:
             raise InputError(f"need 0 <= low <= high, got low={low}, high={high}")
-        sign = torch.randint(0, 2, (batch, n), generator=generator) * 2.0 - 1.0
-        values = sign * (low + (high - low) * torch.rand(batch, n, generator=generator))
+        sign = torch.randint(0, 2, (batch, n), generator=generator, device=draw) * 2.0 - 1.0
+        values = sign * (low + (high - low) * torch.rand(batch, n, generator=generator, device=draw))
     else:
         raise InputError(f"magnitude must be 'normal' or 'uniform', got {magnitude!r}")
-    return (support * values).to(device)
+    return (support * values).to(draw if device is None else device)
 
 
 def measure(A: torch.Tensor, x: torch.Tensor, snr_db: float | None = None,
@@ -91,7 +96,7 @@ def measure(A: torch.Tensor, x: torch.Tensor, snr_db: float | None = None,
     if snr_db is None:
         return y
     std = y.std(dim=1, keepdim=True) * 10 ** (-snr_db / 20)
-    return y + std * torch.randn(y.shape, generator=generator).to(y)
+    return y + std * torch.randn(y.shape, generator=generator, device=draw_device(generator, y.device)).to(y)
 
 
 def analytic_weight(A: torch.Tensor) -> torch.Tensor:
@@ -326,7 +331,7 @@ def grid_search_hyperlista(model: HyperLISTA, y: torch.Tensor, x: torch.Tensor, 
     pairs, batch = thetas.numel(), y.shape[0]
     col = lambda v: v.reshape(-1, 1).repeat_interleave(batch, 0).to(y)  # noqa: E731
     c_theta, c_beta = col(thetas), col(betas)
-    loss = torch.empty(len(grids[0]), len(grids[1]), len(grids[2]), dtype=torch.float64)
+    loss = torch.empty(len(grids[0]), len(grids[1]), len(grids[2]), dtype=torch.float64, device=y.device)
     y_rep, x_rep = y.repeat(pairs, 1), x.to(y).repeat(pairs, 1)
     try:
         for j, c_p in enumerate(grids[2]):

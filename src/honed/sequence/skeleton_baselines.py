@@ -28,7 +28,7 @@ class PoseMLP(nn.Module):
     normalised by the scalar training ``input_mean`` / ``input_std``."""
 
     def __init__(self, t_in: int = 5, t_out: int = 10, joints: int = 21, hidden: tuple[int, ...] = (256, 256),
-                 input_mean: float = 0.0, input_std: float = 1.0, device: str | torch.device = "cpu") -> None:
+                 input_mean: float = 0.0, input_std: float = 1.0, device: str | torch.device | None = None) -> None:
         super().__init__()
         self.t_in, self.t_out, self.joints = t_in, t_out, joints
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
@@ -52,7 +52,7 @@ class PoseGRUSeq2Seq(nn.Module):
     pose plus a read-out of a GRU cell fed that previous (predicted) pose. Output (B, t_out, J, 3)."""
 
     def __init__(self, t_in: int = 5, t_out: int = 10, joints: int = 21, hidden: int = 128,
-                 input_mean: float = 0.0, input_std: float = 1.0, device: str | torch.device = "cpu") -> None:
+                 input_mean: float = 0.0, input_std: float = 1.0, device: str | torch.device | None = None) -> None:
         super().__init__()
         check_count(hidden, "hidden")
         self.t_in, self.t_out, self.joints = t_in, t_out, joints

@@ -101,12 +101,13 @@ class SkeletonGraph(nn.Module):
     poses (B, t_out, J, out_channels). ``adjacency`` (J, J) is the raw symmetric 0/1 limb matrix, used
     when ``forward`` gets no A. Inputs are normalised by the scalar ``input_mean`` / ``input_std``
     (set them from the TRAINING 2D values; defaults 0 / 1 mean "already normalised"). BatchNorm acts on
-    time-as-channels, so t_in and t_out are fixed at construction."""
+    time-as-channels, so t_in and t_out are fixed at construction. ``device``: where the model lives
+    (default: the adjacency's device)."""
 
     def __init__(self, adjacency: torch.Tensor, t_in: int = 5, t_out: int = 10, n_stgcnn: int = 5,
                  n_txpcnn: int = 11, in_channels: int = 2, out_channels: int = 3, learn_A: bool = True,
                  aggregation: Literal["official", "conventional"] = "official", input_mean: float = 0.0,
-                 input_std: float = 1.0, device: str | torch.device = "cpu") -> None:
+                 input_std: float = 1.0, device: str | torch.device | None = None) -> None:
         super().__init__()
         if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
             raise InputError(f"adjacency must be (J, J), got {tuple(adjacency.shape)}")
@@ -117,6 +118,7 @@ class SkeletonGraph(nn.Module):
             raise InputError(f"the official aggregation's (1, 3) time conv needs t_in >= 3, got {t_in}")
         check_number(input_std, "input_std", strict=True)
         self.t_in, self.t_out, self.in_channels = t_in, t_out, in_channels
+        device = adjacency.device if device is None else device  # follows its input unless told
         self.register_buffer("adjacency", adjacency.detach().float().to(device))
         self.register_buffer("input_mean", torch.tensor(float(input_mean), device=device))
         self.register_buffer("input_std", torch.tensor(float(input_std), device=device))

@@ -70,8 +70,8 @@ def match_frame(frame: BevFrameResult, iou_threshold: float) -> tuple[list[float
     order = torch.argsort(frame.scores, descending=True, stable=True)
     if len(frame.gt_boxes) == 0:
         return frame.scores[order].tolist(), [False] * len(order)
-    iou = rotated_iou(frame.boxes[order].double(), frame.gt_boxes.double()).numpy()
-    counts = frame.counts.numpy().astype(bool)
+    iou = rotated_iou(frame.boxes[order].double(), frame.gt_boxes.double()).cpu().numpy()  # greedy matching in NumPy
+    counts = frame.counts.cpu().numpy().astype(bool)
     free = np.ones(len(frame.gt_boxes), dtype=bool)
     scores, flags = [], []
     for d, row in enumerate(iou):

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from honed.core.errors import InputError, check_count, check_number
+from honed.core.seed import draw_device
 
 METHODS = ("cutmix", "classmix", "complexmix")
 
@@ -37,7 +38,7 @@ def _check_label_map(labels: torch.Tensor, dims: int = 2) -> None:
 
 
 def cutmix_mask(height: int, width: int, area_fraction: float = 0.5, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+                device: torch.device | str | None = None) -> torch.Tensor:
     """CutMix box mask (French et al. arXiv:1906.01916, baseline of ComplexMix arXiv:2101.10156):
     float (height, width) tensor, 1 inside one box of area ~``area_fraction`` * H * W with the image's
     aspect ratio, placed uniformly inside the image, 0 elsewhere. ``area_fraction`` in (0, 1]."""
@@ -47,8 +48,9 @@ def cutmix_mask(height: int, width: int, area_fraction: float = 0.5, generator: 
         raise InputError(f"area_fraction must lie in (0, 1], got {area_fraction}")
     box_h = max(1, min(height, round(height * area_fraction ** 0.5)))
     box_w = max(1, min(width, round(width * area_fraction ** 0.5)))
-    top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator))
+    draw = draw_device(generator, "cpu")  # scalar draws on the generator's device
+    top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator, device=draw))
+    left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator, device=draw))
     mask = torch.zeros(height, width, device=device)
     mask[top:top + box_h, left:left + box_w] = 1.0
     return mask
@@ -63,9 +65,9 @@ def choose_classes(present: torch.Tensor, generator: torch.Generator | None = No
     if n == 0:
         return present
     if n == 1:
-        keep = float(torch.rand((), generator=generator)) < single_class_prob
+        keep = float(torch.rand((), generator=generator, device=draw_device(generator, "cpu"))) < single_class_prob
         return present if keep else present[:0]
-    order = torch.randperm(n, generator=generator).to(present.device)
+    order = torch.randperm(n, generator=generator, device=draw_device(generator, "cpu")).to(present.device)
     return present[order[: n // 2]]
 
 
@@ -86,7 +88,7 @@ def classmix_mask(labels: torch.Tensor, generator: torch.Generator | None = None
     return _region_mask(labels, generator, single_class_prob, ignore_index)
 
 
-def grid_cells(height: int, width: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def grid_cells(height: int, width: int, k: int, device: torch.device | str | None = None) -> torch.Tensor:
     """ComplexMix (arXiv:2101.10156) k x k grid: long (height, width) tensor of cell ids row * k + col,
     with row = floor(i * k / height) and col = floor(j * k / width) (equal cells when k divides H, W)."""
     check_count(k, "k")
@@ -119,7 +121,8 @@ def sample_grid_size(choices: Sequence[int] = (1, 2, 4, 8), generator: torch.Gen
     ``choices`` (positive integers)."""
     if not choices or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in choices):
         raise InputError(f"choices must be a non-empty sequence of positive integers, got {choices!r}")
-    return int(choices[int(torch.randint(0, len(choices), (1,), generator=generator))])
+    return int(choices[int(torch.randint(0, len(choices), (1,), generator=generator,
+                                         device=draw_device(generator, "cpu")))])
 
 
 def batch_masks(labels: torch.Tensor, method: str = "complexmix", k: int = 2, generator: torch.Generator | None = None,
