@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
-from honed.core.experiment import Claim, Experiment, SeedOutput, register_experiment
+from honed.core.experiment import (Claim, Experiment, Precondition, SeedOutput, arms_above_chance,
+                                   register_experiment)
 from honed.data import create_dataset
 from honed.generative.transfer_gan import (CTFGenerator, ProjectionDiscriminator, TransferNetwork, degrade,
                                            discriminator_loss, frechet_distance, generator_loss, split_hq_lq)
@@ -31,13 +32,21 @@ SETTINGS = {
     "d_ctf_ss": ("kept", True, True),
     "e_ctf_no_ss": ("kept", True, False),
 }
+CHANCE = 0.1  # ten digit classes
+# a setting whose generator has not learned the class condition (conditional accuracy within this margin
+# of chance) has not learned digits: FID gaps between such settings say nothing; fixed before any run
+COND_MARGIN = 0.3
 
 
 @dataclass(frozen=True)
 class TransferGanConfig(ExperimentConfig):
-    """Defaults are the ``small`` preset, scaled to ~3 min on 2 cores: 3 seeds x 5 settings x ``steps``
-    G updates with n_dis D updates each (the card's 2k iterations x n_dis 5 do not fit; ``full`` runs
-    them). (R): T is pre-trained on pairs from KEPT images, then frozen (the card's pre-train option)."""
+    """Defaults are the ``small`` preset: 3 seeds x 5 settings x ``steps`` G updates with n_dis D updates
+    each, sized to fit a few minutes on 2 cores, not to the card's budget: its preconditions (every
+    setting's generator follows its class condition well above chance) decide whether its claims count,
+    and where they fail the claims are inconclusive. ``full`` is the card's 2000 G steps x n_dis 5: estimated from a
+    measured ~0.09 s of one core per G step at n_dis 2 (1200 steps: ~115 s incl. evaluation) as ~0.2 s
+    per step at n_dis 5, ~7 min per setting, ~1.7 h for 15 settings on one idle core. (R): T is
+    pre-trained on pairs from KEPT images, then frozen (the card's pre-train option)."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1
@@ -149,18 +158,20 @@ class CTFBank:
 
 
 @torch.no_grad()
-def evaluate(gen_net, bank, metric_net, real_feats, cfg, seed) -> dict[str, float]:
-    """Digits-FID (generated vs real test features) and conditional accuracy on balanced labels."""
+def evaluate(gen_net, bank, metric_net, real_feats, cfg, seed) -> dict[str, Any]:
+    """Digits-FID (generated vs real test features) and conditional accuracy on balanced labels, the
+    latter as 0/1 per generated sample (the same z and label per sample index in every arm of a seed,
+    so arms are compared sample by sample)."""
     rng = torch.Generator().manual_seed(seed + 31)
     y = torch.arange(cfg.eval_samples) % 10
     z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=rng)
-    feats, correct = [], 0
+    feats, correct = [], []
     for zb, yb in zip(z.split(500), y.split(500)):
         fake = gen_net(zb, yb, bank.sample(yb) if bank is not None else None)
         h, logits = penultimate(metric_net, fake)
         feats.append(h)
-        correct += int((logits.argmax(1) == yb).sum())
-    return {"fid": frechet_distance(torch.cat(feats), real_feats), "cond_acc": correct / cfg.eval_samples}
+        correct += (logits.argmax(1) == yb).float().tolist()
+    return {"fid": frechet_distance(torch.cat(feats), real_feats), "cond_acc": correct}
 
 
 def train_setting(cfg, arm, seed, data, metric_net, real_feats) -> dict[str, Any]:
@@ -271,18 +282,23 @@ class TransferGanExperiment(Experiment):
         return SeedOutput(arms=arms, extra=extra, curves=curves)
 
     def claims(self, cfg: TransferGanConfig, result: Any) -> list[Claim]:
-        fid = {arm: result.mean(arm, "fid") for arm in SETTINGS}
-        a, b, c, d, e = (fid[k] for k in SETTINGS)
+        fid = lambda arm: result.metric(arm, "fid")  # noqa: E731 - t interval over seeds (FID is no per-sample mean)
+        a, b, c, d, e = SETTINGS
         return [
-            Claim.check("fid_b_minus_a", b - a, ">", 0, "card: FID(b) > FID(a), removing 30% HQ hurts",
-                        metric="fid"),
-            Claim.check("fid_b_minus_d", b - d, ">", 0, "card: FID(d) < FID(b), mean over seeds", metric="fid"),
-            Claim.check("fid_c_minus_d", c - d, ">", 0, "card: FID(d) < FID(c), mean over seeds", metric="fid"),
-            Claim.check("fid_b_minus_e", b - e, ">", 0, "card: (e) sits between (b) and (d): FID(e) < FID(b)",
-                        metric="fid"),
-            Claim.check("fid_e_minus_d", e - d, ">", 0, "card: (e) sits between (b) and (d): FID(e) > FID(d)",
-                        metric="fid"),
+            Claim.check("FID(b 70% HQ) - FID(a 100% HQ)", fid(b) - fid(a), ">", 0,
+                        "card: FID(b) > FID(a), removing 30% HQ hurts", metric="fid"),
+            Claim.check("FID(b 70% HQ) - FID(d CTF-GAN)", fid(b) - fid(d), ">", 0,
+                        "card: FID(d) < FID(b), mean over seeds", metric="fid"),
+            Claim.check("FID(c LQ as real) - FID(d CTF-GAN)", fid(c) - fid(d), ">", 0,
+                        "card: FID(d) < FID(c), mean over seeds", metric="fid"),
+            Claim.check("FID(b 70% HQ) - FID(e CTF no SS)", fid(b) - fid(e), ">", 0,
+                        "card: (e) sits between (b) and (d): FID(e) < FID(b)", metric="fid"),
+            Claim.check("FID(e CTF no SS) - FID(d CTF-GAN)", fid(e) - fid(d), ">", 0,
+                        "card: (e) sits between (b) and (d): FID(e) > FID(d)", metric="fid"),
         ]
+
+    def preconditions(self, cfg: TransferGanConfig, result: Any) -> list[Precondition]:
+        return arms_above_chance(result, tuple(SETTINGS), "cond_acc", CHANCE, COND_MARGIN)
 
     def notes(self, cfg: TransferGanConfig, result: Any) -> list[str]:
         ex = result.extra
@@ -296,23 +312,9 @@ class TransferGanExperiment(Experiment):
                      f"{ex['test_images']['mean']:.0f} images (the card's 2000 exceed the 20% test split).")
         if cfg.steps < 2000 or cfg.n_dis < 5:
             lines.append(f"reduced scale: {cfg.steps} G steps x n_dis {cfg.n_dis} x {len(result.seeds)} seed(s) "
-                         "per setting (card: 2000 x 5) to fit ~3 min on 2 cores.")
-        chance = [arm for arm in SETTINGS if result.mean(arm, "cond_acc") < 0.15]
-        if chance:
-            lines.append("conditional accuracy near chance (< 0.15, chance 0.10) for " + ", ".join(chance) +
-                         ": these generators have not learned the class condition within the step budget.")
+                         "per setting (card: 2000 x 5; that is the full preset).")
         falling = [arm for arm, ys in result.curves.get("digits_fid", {}).items() if len(ys) > 1 and ys[-1] < ys[-2]]
         if falling:
             lines.append("Digits-FID still falling at the last evaluation (not converged) for " + ", ".join(falling)
-                         + "; the full preset (2000 steps x n_dis 5) is the card's scale.")
-        arms_of = {"fid_b_minus_a": ("b_70hq_ss", "a_full_hq_ss"), "fid_b_minus_d": ("b_70hq_ss", "d_ctf_ss"),
-                   "fid_c_minus_d": ("c_70hq_plus_lq_as_real", "d_ctf_ss"),
-                   "fid_b_minus_e": ("b_70hq_ss", "e_ctf_no_ss"),
-                   "fid_e_minus_d": ("e_ctf_no_ss", "d_ctf_ss")}
-        for claim in result.claims:
-            if not claim.passed:
-                first, second = arms_of[claim.name]
-                lines.append(f"{claim.name} not reproduced: measured gap {claim.measured:.2f} vs seed std "
-                             f"{result.arms[first]['fid']['std']:.2f} ({first}) and "
-                             f"{result.arms[second]['fid']['std']:.2f} ({second}).")
+                         + ".")
         return lines
