@@ -53,3 +53,11 @@ def test_bad_input_raises():
         draw_layouts(0)
     with pytest.raises(InputError):
         render_tiles(torch.full((1, 32, 32), 7), torch.zeros(1, 32, 32), SOURCE_STYLE)
+
+
+def test_tiles_have_no_cpu_default():
+    """Issue 18: tiles are painted by a CPU generator and land on ``device``; without one they stay put."""
+    from honed.vision.aerial_tiles import SOURCE_STYLE, make_tiles
+    tiles = make_tiles(2, SOURCE_STYLE, 0, size=12, device="meta")
+    assert tiles.x.device.type == tiles.y.device.type == "meta"
+    assert make_tiles(2, SOURCE_STYLE, 0, size=12).x.device.type == "cpu"

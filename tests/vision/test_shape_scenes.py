@@ -33,3 +33,11 @@ def test_bad_sizes_raise():
         make_shape_scenes(0)
     with pytest.raises(InputError):
         make_shape_scenes(2, size=4)
+
+
+def test_scene_builders_have_no_cpu_default():
+    """Issue 18: data is drawn by a CPU generator (the same tensors on every device) and lands on ``device``;
+    without one it stays where it was built."""
+    from honed.vision.shape_scenes import make_shape_scenes
+    assert make_shape_scenes(2, size=8, device="meta").x.device.type == "meta"
+    assert make_shape_scenes(2, size=8).x.device.type == "cpu"

@@ -137,3 +137,16 @@ def test_videos_and_bad_inputs():
         net(torch.rand(2, 3, 4, 8, 8), {"slow.s0.b0.t": 3})
     with pytest.raises(InputError, match="multiple of alpha"):
         TwoStreamSpace(frames=6, alpha=4)
+
+
+def test_search_moves_cpu_batches_to_the_supernet_device(device):
+    """Issue 18: the supernet lives on ``device`` and CPU batches follow it."""
+    x, y = torch.rand(8, 3, 4, 8, 8), torch.arange(8) % 5
+
+    def batches():
+        while True:
+            yield x, y
+
+    out = progressive_search(SPACE, batches(), batches(), (1, 1, 1), target_macs=1e9, seed=0, k_range=(1, 1),
+                             device=device)
+    SPACE.check_arch(out["arch"])

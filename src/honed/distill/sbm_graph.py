@@ -43,7 +43,7 @@ def make_sbm_graph(communities: int = 8, nodes_per_community: int = 250, feature
                    p_in: float = 0.01, p_out: float = 0.001, noisy_edge_fraction: float = 0.2,
                    mean_scale: float = 1.0, feature_noise: float = 3.0,
                    split: tuple[float, float, float] = (0.1, 0.1, 0.8), seed: int = 0,
-                   device: torch.device | str = "cpu") -> NodeGraph:
+                   device: torch.device | str | None = None) -> NodeGraph:
     """SBM graph of the G-CRD card (arXiv:2111.04964): ``communities`` x ``nodes_per_community`` nodes.
 
     Edges: each unordered pair is linked with prob ``p_in`` inside a community and ``p_out`` across;
@@ -90,7 +90,7 @@ def make_multihop_graph(classes: int = 8, nodes_per_class: int = 250, feature_di
                         mean_degree: float = 3.0, label_hops: tuple[int, ...] = (2, 3),
                         mean_scale: float = 1.0, feature_noise: float = 1.0,
                         split: tuple[float, float, float] = (0.1, 0.1, 0.8), seed: int = 0,
-                        device: torch.device | str = "cpu") -> NodeGraph:
+                        device: torch.device | str | None = None) -> NodeGraph:
     """Multi-hop graph of the G-CRD card (arXiv:2111.04964, "a second graph where the label depends on
     2-3 hop structure"): ``classes * nodes_per_class`` nodes.
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 
 from honed.core.errors import InputError, require_extra
+from honed.core.loop import model_device
 
 TINY_HIDDEN = 64
 TINY_LAYERS = 2
@@ -33,13 +34,15 @@ def import_transformers() -> Any:
     return require_extra("transformers", "text")
 
 
-def load_minilm(device: str | torch.device = "cpu", tiny_encoder_config: bool = False) -> tuple[Any, torch.nn.Module]:
+def load_minilm(device: str | torch.device | None = None,
+                tiny_encoder_config: bool = False) -> tuple[Any, torch.nn.Module]:
     """Return (tokenizer, encoder) of all-MiniLM-L6-v2 (Sentence-BERT MiniLM, arXiv:2002.10957;
     BERT architecture, 6 layers, hidden 384, 12 heads, 22.7M parameters) loaded offline.
 
     ``tiny_encoder_config=True`` keeps the real tokenizer but returns a randomly initialised
     BertModel of 2 layers, hidden 64, 4 heads: only for smoke runs and tests (it is not pretrained).
-    The encoder maps input_ids (B, T) int64 and attention_mask (B, T) {0,1} to hidden (B, T, H).
+    The encoder maps input_ids (B, T) int64 and attention_mask (B, T) {0,1} to hidden (B, T, H); it is
+    moved to ``device`` (default: left where it was loaded, torch's default device).
     """
     transformers = import_transformers()
     path = minilm_dir()
@@ -78,7 +81,8 @@ class TextClassifier(torch.nn.Module):
             raise InputError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.encoder = encoder
         self.pooling = pooling
-        self.head = torch.nn.Linear(encoder.config.hidden_size, num_classes)
+        # built on torch's default device (one seed, one head), then placed beside the encoder
+        self.head = torch.nn.Linear(encoder.config.hidden_size, num_classes).to(model_device(encoder))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if input_ids.dim() != 2:

@@ -108,7 +108,7 @@ def _sample(counts: np.ndarray, params: list[dict], subjects: list[dict], subjec
 def make_synthetic_har(n_train: int = 6000, n_test: int = 2000, num_classes: int = 10,
                        imbalance: float = 20.0, n_subjects: int = 30, test_subjects: int = 8,
                        noise: float = 0.15, seed: int = 0, class_seed: int = 0,
-                       balanced_test: bool = False, device: str | torch.device = "cpu") -> HARWindows:
+                       balanced_test: bool = False, device: str | torch.device | None = None) -> HARWindows:
     """Synthetic long-tailed IMU windows (A*HAR stand-in, arXiv:2101.04859). ``num_classes`` in
     [2, 24]; ``imbalance`` >= 1 is the train max/min class-count ratio; subjects [0, n_subjects -
     test_subjects) are train subjects, the rest test subjects. Same arguments -> identical tensors."""

@@ -42,7 +42,7 @@ STAND_PELVIS_HEIGHT, SIT_DROP = 0.95, 0.45
 
 
 def skeleton_adjacency(limbs=GTA_IM_LIMBS, num_joints: int = NUM_JOINTS,
-                       device: str | torch.device = "cpu") -> torch.Tensor:
+                       device: str | torch.device | None = None) -> torch.Tensor:
     """Skeleton-Graph (arXiv:2109.10257) adjacency: the raw symmetric 0/1 limb matrix (J, J), no
     self-loops, not normalised (the paper's loader computes a Laplacian but never uses it)."""
     A = torch.zeros(num_joints, num_joints, device=device)
@@ -206,7 +206,7 @@ def simulate_clips(n: int, frames: int, rng: np.random.Generator, fps: float = 5
 
 def make_skeleton_windows(n: int, seed: int, t_in: int = 5, t_out: int = 10, fps: float = 5.0,
                           distance: tuple[float, float] = (3.0, 6.0), pixel_noise: float = 1.0,
-                          min_depth: float = 1.0, device: str | torch.device = "cpu") -> SkeletonWindows:
+                          min_depth: float = 1.0, device: str | torch.device | None = None) -> SkeletonWindows:
     """Skeleton-Graph (arXiv:2109.10257) synthetic windows (seeded): ``n`` independent clips of
     ``t_in + t_out`` frames, projected with f = 500 px; clips that come closer than ``min_depth`` metres
     to the camera are redrawn. ``pixel_noise`` (px std) is added to the 2D input only."""

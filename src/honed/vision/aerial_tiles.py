@@ -118,7 +118,7 @@ def smooth_noise(n: int, size: int, scale: int, gen: torch.Generator) -> torch.T
 
 
 def render_tiles(labels: torch.Tensor, shade: torch.Tensor, style: TileStyle, seed: int = 0,
-                 device: torch.device | str = "cpu") -> TileSet:
+                 device: torch.device | str | None = None) -> TileSet:
     """Paint layouts with a sensor style (arXiv:2012.02264 reproduction). labels (N, H, W) int in [0, 5),
     shade (N, H, W) in [0, 1] -> TileSet with x (N, 3, H, W) in [0, 1]."""
     if labels.dim() != 3 or shade.shape != labels.shape:
@@ -140,7 +140,8 @@ def render_tiles(labels: torch.Tensor, shade: torch.Tensor, style: TileStyle, se
     return TileSet(image.clamp(0, 1).to(device), labels.clone().to(device))
 
 
-def make_tiles(n: int, style: TileStyle, seed: int, size: int = 32, device: torch.device | str = "cpu") -> TileSet:
+def make_tiles(n: int, style: TileStyle, seed: int, size: int = 32,
+               device: torch.device | str | None = None) -> TileSet:
     """``n`` seeded tiles (arXiv:2012.02264 reproduction) of one style: layouts from ``seed``, rendering
     noise from ``seed + 1``. x (n, 3, size, size) in [0, 1], y (n, size, size) int64."""
     labels, shade = draw_layouts(n, size, seed)
@@ -159,7 +160,7 @@ class AerialDomains:
 
 
 def make_aerial_domains(n_source: int = 400, n_target: int = 400, n_val: int = 100, n_test: int = 200,
-                        size: int = 32, seed: int = 0, device: torch.device | str = "cpu") -> AerialDomains:
+                        size: int = 32, seed: int = 0, device: torch.device | str | None = None) -> AerialDomains:
     """The card's split sizes (400 / 400 / 200 test, plus a stated 100-tile labeled target validation
     split), every split from its own disjoint layout seed; arXiv:2012.02264 reproduction."""
     base = 1000 * seed

@@ -82,7 +82,7 @@ def make_scene(gen: torch.Generator, size: int = 32, objects: tuple[int, int] = 
     return image.clamp(0, 1), labels
 
 
-def make_shape_scenes(n: int, seed: int = 0, size: int = 32, device: torch.device | str = "cpu") -> ShapeSplit:
+def make_shape_scenes(n: int, seed: int = 0, size: int = 32, device: torch.device | str | None = None) -> ShapeSplit:
     """``n`` seeded scenes (ComplexMix arXiv:2101.10156 reproduction data) as a :class:`ShapeSplit`;
     the same (n, seed, size) always gives the same tensors. ``size`` >= 8."""
     check_count(n, "n")
@@ -94,7 +94,7 @@ def make_shape_scenes(n: int, seed: int = 0, size: int = 32, device: torch.devic
 
 
 def make_shape_splits(seed: int = 0, n_labeled: int = 30, n_unlabeled: int = 500, n_test: int = 200,
-                      size: int = 32, device: torch.device | str = "cpu") -> dict[str, ShapeSplit]:
+                      size: int = 32, device: torch.device | str | None = None) -> dict[str, ShapeSplit]:
     """The card's splits (ComplexMix arXiv:2101.10156): {"labeled", "unlabeled", "test"} drawn from
     independent seeded streams (labels of "unlabeled" are kept only for diagnostics)."""
     counts = {"labeled": n_labeled, "unlabeled": n_unlabeled, "test": n_test}

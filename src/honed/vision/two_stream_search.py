@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError
+from honed.core.loop import model_device
 from honed.core.progress import progress_bar
 from honed.vision.two_stream_space import TwoStreamNet, TwoStreamSpace, arch_macs
 
@@ -103,21 +104,22 @@ def flops_penalty(macs: int, target: float, lam: float) -> float:
 def search_stage(net: TwoStreamNet, dist: ArchDistribution, train: Iterator[Batch], val: Iterator[Batch], steps: int,
                  optimizer: torch.optim.Optimizer, target_macs: float, lam: float = 1.0, lr_alpha: float = 0.5,
                  k_range: tuple[int, int] = (1, 4), gen: torch.Generator | None = None) -> dict:
-    """``steps`` search steps on the shared supernet ``net``; returns {"weight_updates", "entropy"}."""
-    gen = gen or torch.Generator().manual_seed(0)
+    """``steps`` search steps on the shared supernet ``net`` (batches move to its device); returns
+    {"weight_updates", "entropy"}."""
+    gen, device = gen or torch.Generator().manual_seed(0), model_device(net)
     updates, entropy = 0, []
     net.train()
     with progress_bar(steps, "supernet search") as bar:
         for _ in range(steps):
             samples = [dist.sample(gen) for _ in range(dist.adaptive_k(*k_range))]
             for arch, _ in samples:
-                x, y = next(train)
+                x, y = (t.to(device) for t in next(train))
                 loss = F.cross_entropy(net(x, arch), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 updates += 1
-            x, y = next(val)
+            x, y = (t.to(device) for t in next(val))
             with torch.no_grad():  # batch statistics: the supernet's running stats mix architectures
                 losses = [float(F.cross_entropy(net(x, arch), y)) + flops_penalty(arch_macs(net.space, arch),
                                                                                    target_macs, lam)
@@ -160,10 +162,11 @@ def _run_stages(space: TwoStreamSpace, plan: list[tuple[list[str], int]], decide
 
 def progressive_search(space: TwoStreamSpace, train: Iterator[Batch], val: Iterator[Batch],
                        steps: tuple[int, int, int], target_macs: float, seed: int = 0,
-                       device: torch.device | str = "cpu", lr: float = 3e-3, **search_kw) -> dict:
+                       device: torch.device | str | None = None, lr: float = 3e-3, **search_kw) -> dict:
     """Auto-TSNet's progressive procedure: streams (fusions fixed to ``lateral``, attention ``off``), then
-    fusions, then attention, ``steps`` search steps each, one supernet throughout. Returns {"arch",
-    "weight_updates", "cpu_s" (process CPU seconds), "entropy" (per step)}."""
+    fusions, then attention, ``steps`` search steps each, one supernet throughout, on ``device`` (default:
+    torch's default device; batches move there). Returns {"arch", "weight_updates", "cpu_s" (process CPU
+    seconds: host time only, not a GPU's), "entropy" (per step)}."""
     groups = variable_groups(space)
     defaults = {v: "lateral" for v in groups["fusion"]} | {v: "off" for v in groups["attention"]}
     plan = [(groups[g], n) for g, n in zip(("streams", "fusion", "attention"), steps)]
@@ -171,7 +174,7 @@ def progressive_search(space: TwoStreamSpace, train: Iterator[Batch], val: Itera
 
 
 def joint_search(space: TwoStreamSpace, train: Iterator[Batch], val: Iterator[Batch], steps: int, target_macs: float,
-                 seed: int = 0, device: torch.device | str = "cpu", lr: float = 3e-3, **search_kw) -> dict:
+                 seed: int = 0, device: torch.device | str | None = None, lr: float = 3e-3, **search_kw) -> dict:
     """The non-progressive baseline: every variable searched at once for ``steps`` steps."""
     plan = [([v for v, _ in space.variables()], steps)]
     return _run_stages(space, plan, {}, train, val, target_macs, seed, device, lr, **search_kw)
@@ -199,7 +202,7 @@ def random_search(space: TwoStreamSpace, train: Iterator[Batch], val_x: torch.Te
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         net.train()
         for _ in range(weight_updates // candidates):
-            x, y = next(train)
+            x, y = (t.to(val_x.device) for t in next(train))
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
