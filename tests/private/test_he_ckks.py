@@ -95,3 +95,11 @@ def test_clear_errors_and_ring_sizes():
     assert smallest_ring_for(3, CKKSParameters()) == 8192  # 50 + 3 x 35 + 50 = 205 <= 218 bits
     assert smallest_ring_for(8, CKKSParameters()) == 16384  # 380 bits
     assert smallest_ring_for(40, CKKSParameters()) is None
+
+
+def test_peer_folding_works_on_a_cpu_copy_and_leaves_the_model_as_it_was():
+    """Issue 18: TenSEAL runs on the CPU, so the folding uses a float64 CPU copy; the caller's model keeps
+    its dtype and device."""
+    net = tiny_net().float()
+    peer_layers(net, (1, 4, 4))
+    assert {p.dtype for p in net.parameters()} == {torch.float32}

@@ -72,3 +72,12 @@ def test_sieve_delay_sums_phases_and_counts_topk_in_both_totals():
     assert out == {"sequential": 9.0, "mps": 8.0, "topk": 0.0}
     with pytest.raises(InputError):
         sieve_delay([(torch.arange(2.0), "c", 1)], costs, free, net)
+
+
+def test_quickselect_keeps_its_indices_on_the_scores_device():
+    """Issue 18: survivors live beside the scores ('meta' can't compare values, so an empty pick is used
+    for the device check) and the CPU pick is unchanged."""
+    scores = torch.tensor([0.3, 0.9, 0.1, 0.7])
+    chosen, _ = quickselect_topk(scores, 2, torch.Generator().manual_seed(0))
+    assert chosen.tolist() == [1, 3]
+    assert quickselect_topk(scores.to("meta"), 0)[0].device.type == "meta"

@@ -168,3 +168,15 @@ def test_cnn_shapes_time_only_pooling_and_errors():
     assert torch.equal(TimeMaxPool()(x), nn.MaxPool2d((1, 2))(x))
     with pytest.raises(InputError):
         net(torch.randn(5, 9, 10))
+
+
+def test_pools_and_batches_stay_on_the_labels_device(device):
+    """Issue 18: the training pool and the two-stream targets live on the labels' device."""
+    labels = (torch.arange(12) % 3).to(device)
+    labeled = torch.tensor([0, 1, 2], device=device)
+    indices, targets = semi_supervised_targets(labels, labeled)
+    assert indices.device == targets.device == torch.device(device)
+    x = torch.rand(12, 2, device=device)
+    unlabeled = torch.arange(3, 12, device=device)
+    batch_x, batch_y = next(iter(TwoStreamBatches(x, labeled, labels[labeled], unlabeled, 4, 1, 1, 0)))
+    assert batch_x.device == batch_y.device == torch.device(device) and (batch_y[1:] == -1).all()

@@ -48,9 +48,9 @@ def ckks_plan_metrics(net: nn.Module, plan: str, images: torch.Tensor, slots: in
     """FFConv (arXiv:2102.03494): ``plan`` of :func:`~honed.private.he_plan.encrypted_forward` on real CKKS,
     one image of ``images`` (B, C, H, W) at a time: per-image lists of seconds and fidelity, and the
     per-image mean of the counts (identical for every image)."""
-    model, backend = copy.deepcopy(net).double().eval(), ckks_backend(slots, params)
+    model, backend = copy.deepcopy(net).double().cpu().eval(), ckks_backend(slots, params)  # CKKS runs on the CPU
     rows = []
-    for image in images.double():
+    for image in images.detach().double().cpu():
         backend.new_image()
         logits, _, info = encrypted_forward(model, image[None], plan, backend=backend)
         with torch.no_grad():
@@ -71,9 +71,9 @@ def ckks_plan_metrics(net: nn.Module, plan: str, images: torch.Tensor, slots: in
 def peer_metrics(net: nn.Module, images: torch.Tensor, params: CKKSParameters) -> dict[str, Any]:
     """FFConv (arXiv:2102.03494) peer: TenSEAL's im2col + mm network of ``net`` on ``images`` (B, 1, H, W),
     one at a time (its rotations happen inside TenSEAL and are not counted)."""
-    model, peer = copy.deepcopy(net).double().eval(), tenseal_peer(params)
+    model, peer = copy.deepcopy(net).double().cpu().eval(), tenseal_peer(params)  # TenSEAL runs on the CPU
     layers, rows = peer_layers(model, tuple(images.shape[1:])), []
-    for image in images.double():
+    for image in images.detach().double().cpu():
         logits, stats = peer.forward(layers, image.numpy())
         with torch.no_grad():
             reference = model(image[None]).numpy()[0]

@@ -11,6 +11,7 @@ input channel, then :class:`~honed.private.ffconv.Square` between linear stretch
 own: when the next multiplicative step would need a level the vector no longer has, the client
 decrypts and re-encrypts it (counted and timed apart, as for :class:`~honed.private.he_ckks.CKKSBackend`).
 """
+import copy
 import time
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ def peer_layers(model: nn.Sequential, image_shape: tuple[int, int, int]) -> Peer
     cuts = [i for i, layer in enumerate(layers) if isinstance(layer, Square)]
     if not cuts or cuts[0] != 1:
         raise InputError("the TenSEAL peer needs a Square right after the first Conv2d")
-    model64 = nn.Sequential(*layers).double().eval()
+    model64 = copy.deepcopy(nn.Sequential(*layers)).double().cpu().eval()  # a CPU copy for TenSEAL
     with torch.no_grad():
         shape = tuple(model64[:2](torch.zeros(1, *image_shape, dtype=torch.float64)).shape[1:])
     stages = []

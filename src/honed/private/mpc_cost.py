@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,10 @@ def quickselect_topk(scores: torch.Tensor, k: int,
     compared in total}). Ties with the last pivot are taken by lower index."""
     if scores.ndim != 1 or not 0 <= k <= len(scores):
         raise InputError(f"need 1-D scores and 0 <= k <= {len(scores)}, got shape {tuple(scores.shape)}, k {k}")
-    alive, kept, need, steps, compared = torch.arange(len(scores)), [], k, 0, 0
+    alive, kept, need, steps, compared = torch.arange(len(scores), device=scores.device), [], k, 0, 0
+    draw = draw_device(generator, "cpu")  # pivot draws on the generator's device
     while 0 < need < len(alive):
-        pivot = scores[alive[int(torch.randint(len(alive), (1,), generator=generator))]]
+        pivot = scores[alive[int(torch.randint(len(alive), (1,), generator=generator, device=draw))]]
         values = scores[alive]
         above, tied, below = alive[values > pivot], alive[values == pivot], alive[values < pivot]
         steps, compared = steps + 1, compared + len(alive)
@@ -118,7 +120,7 @@ def quickselect_topk(scores: torch.Tensor, k: int,
             need, alive = need - len(above) - len(tied), below
     if need:
         kept.append(alive)
-    chosen = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+    chosen = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=scores.device)
     return chosen.sort().values, {"steps": steps, "comparisons": compared}
 
 

@@ -251,7 +251,7 @@ def semi_supervised_targets(labels: torch.Tensor, labeled: torch.Tensor,
     labeled windows are appended once more as unlabeled (-1). Shapes (N [+ n_labeled],)."""
     targets = torch.full_like(labels, IGNORE)
     targets[labeled] = labels[labeled]
-    indices = torch.arange(len(labels))
+    indices = torch.arange(len(labels), device=labels.device)
     if append_labeled_copies:
         indices = torch.cat([indices, labeled])
         targets = torch.cat([targets, torch.full_like(labeled, IGNORE)])
@@ -344,5 +344,6 @@ class TwoStreamBatches:
             usel = self.unlabeled_indices[unl.take(n_unl)] if n_unl else self.unlabeled_indices[:0]
             idx = torch.cat([self.labeled_indices[lsel], usel])
             targets = torch.cat([self.labeled_targets[lsel],
-                                 torch.full((n_unl,), IGNORE, dtype=self.labeled_targets.dtype)])
+                                 torch.full((n_unl,), IGNORE, dtype=self.labeled_targets.dtype,
+                                            device=self.labeled_targets.device)])
             yield self.x[idx], targets
