@@ -325,3 +325,10 @@ def test_optimizer_step_while_noise_is_in_raises_instead_of_dropping_the_update(
         so.step("sgd")
     so.denoise()
     so.detach()
+
+
+def test_noise_from_a_cpu_generator_lands_on_the_weights_device():
+    """Issue 18: the noise is drawn on the generator's device and moved to each weight's."""
+    from tests.device_checks import META, cpu_generator
+    lin = torch.nn.Linear(3, 2).to(META)
+    assert SmoothOut(lin, amplitude=0.2, generator=cpu_generator()).draw_noise(lin.weight, 0.2).device == META

@@ -147,3 +147,14 @@ def test_image_metrics_oracles():
     assert mse_per_image(a, b)[0] == pytest.approx(float(((a[0] - b[0]) ** 2).mean()))
     with pytest.raises(InputError):
         mse_per_image(a, b[:1])
+
+
+def test_draws_with_a_cpu_generator_land_on_the_inputs_device(device):
+    """Issue 18: noise, wrong-image scores and step picks are drawn on the generator's device and moved
+    (so a CPU generator gives the CPU picks on every device)."""
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert sample_steps(torch.ones(3, 5, device="meta"), 2, g()).device.type == "meta"
+    assert GANINTCLSGenerator(6).to("meta")(torch.rand(2, 6, device="meta"), g()).device.type == "meta"
+    keys = torch.tensor([0, 1, 2, 0])
+    moved = wrong_image_indices(keys.to(device), g())
+    assert moved.device == torch.device(device) and moved.tolist() == wrong_image_indices(keys, g()).tolist()

@@ -211,3 +211,11 @@ def test_negative_threshold_leaves_uncertain_cells_out_of_the_unlabeled_loss():
     with pytest.raises(InputError, match="negative_threshold"):
         mean_teacher_detection(detector(0), torch.optim.SGD(detector(2).parameters(), 0.1), stride=STRIDE,
                                num_classes=K, threshold=0.5, negative_threshold=0.7)
+
+
+def test_strong_view_with_a_cpu_generator_matches_the_cpu_view(device):
+    """Issue 18: a CPU generator drives the augmentation of images on ``device`` (drawn there, moved)."""
+    images = torch.rand(2, 3, 8, 8)
+    on_cpu = strong_view(images, torch.Generator().manual_seed(0))
+    moved = strong_view(images.to(device), torch.Generator().manual_seed(0))
+    assert moved.device == torch.device(device) and torch.allclose(moved.cpu(), on_cpu, atol=1e-6)

@@ -30,6 +30,7 @@ from torch import nn
 
 from honed.core.errors import InputError, check_number
 from honed.core.loop import Callback, TrainState
+from honed.core.seed import draw_device
 
 MODES = ("none", "filter", "weight")
 NOISES = ("uniform", "normal")
@@ -81,7 +82,8 @@ class SmoothOut(Callback):
             U(-1, 1) draw is replaced by N(0, 1), so in ``none`` mode the std is ``a * coef``).
         schedule: amplitude over optimizer steps t (see :meth:`amplitude_at`).
         total_steps: T for ``tanh``; taken from the train loop when used as a callback and left None.
-        generator: a ``torch.Generator`` on the parameters' device for reproducible noise.
+        generator: a ``torch.Generator`` for reproducible noise (best on the parameters' device; one on
+            another device draws there and the noise is moved).
         optimizer: optional; attached with :meth:`attach` (noise removed before each of its steps).
 
     Restoration is exact: :meth:`inject` keeps a copy of the clean weights and :meth:`denoise` copies
@@ -161,9 +163,10 @@ class SmoothOut(Callback):
 
     # -- noise ------------------------------------------------------------------------------------
     def _unit_draw(self, like: torch.Tensor) -> torch.Tensor:
+        draw = draw_device(self.generator, like.device)  # a generator on another device draws there
         if self.noise_type == "normal":
-            return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
-        r = torch.rand(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+            return torch.randn(like.shape, generator=self.generator, device=draw, dtype=like.dtype).to(like.device)
+        r = torch.rand(like.shape, generator=self.generator, device=draw, dtype=like.dtype).to(like.device)
         return r.mul_(2.0).sub_(1.0)  # in [-1, 1): |2r - 1| <= 1 exactly, so |theta| <= a
 
     def draw_noise(self, weight: torch.Tensor, amplitude: float) -> torch.Tensor:

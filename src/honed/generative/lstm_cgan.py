@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 
 
 def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
@@ -153,7 +154,8 @@ class GANINTCLSGenerator(nn.Module):
         dcgan_init(self)
 
     def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn(len(sentence), self.noise_dim, generator=generator, device=sentence.device)
+        z = torch.randn(len(sentence), self.noise_dim, generator=generator,
+                        device=draw_device(generator, sentence.device)).to(sentence.device)
         return torch.tanh(self.image_head(self.trunk(torch.cat([z, self.phi(sentence)], 1)))) / 2 + 0.5
 
 
@@ -176,7 +178,8 @@ def wrong_image_indices(keys: torch.Tensor, generator: torch.Generator | None = 
     differs = (keys[:, None, :] != keys[None, :, :]).any(-1)
     if not differs.any(1).all():
         raise InputError("a batch row has no example with a different description: no wrong image for it")
-    scores = torch.rand(differs.shape, generator=generator, device=keys.device) + differs.float()
+    scores = torch.rand(differs.shape, generator=generator, device=draw_device(generator, keys.device))
+    scores = scores.to(keys.device) + differs.float()
     return scores.argmax(1)
 
 
@@ -186,7 +189,8 @@ def sample_steps(mask: torch.Tensor, k: int | None, generator: torch.Generator |
     mean that renders k images per caption instead of T)."""
     if k is None:
         return mask
-    scores = torch.rand(mask.shape, generator=generator, device=mask.device) + 2 * mask
+    scores = torch.rand(mask.shape, generator=generator, device=draw_device(generator, mask.device))
+    scores = scores.to(mask.device) + 2 * mask
     rank = scores.argsort(1, descending=True).argsort(1)
     return mask * (rank < k).to(mask.dtype)
 

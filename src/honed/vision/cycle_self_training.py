@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from honed.core.errors import InputError
+from honed.core.seed import draw_device
 from honed.sequence.mean_teacher import ema_update
 from honed.vision.centernet import (CenterNetTargets, Detections, centernet_loss, decode_detections, draw_gaussian,
                                     focal_loss, gaussian_radius)
@@ -140,12 +141,13 @@ def strong_view(images: torch.Tensor, generator: torch.Generator, cutout: int = 
     """The students' strong view (CST arXiv:2207.05334, Unbiased-Teacher style photometric augmentation,
     no geometry change): per image colour jitter (brightness +-0.2, contrast x[0.6, 1.4], channel gains
     x[0.8, 1.2]), a 3x3 blur with probability 0.5 and ``cutout`` grey squares of side ``cutout_size`` x
-    the image side. ``images`` (B, C, H, W) in [0, 1]; ``generator`` on the images' device."""
+    the image side. ``images`` (B, C, H, W) in [0, 1]; ``generator`` best on the images' device (one
+    elsewhere draws there and its draws are moved)."""
     b, c, h, w = images.shape
     dev = images.device
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=dev)
+        return torch.rand(*shape, generator=generator, device=draw_device(generator, dev)).to(dev)
 
     mean = images.mean((1, 2, 3), keepdim=True)
     out = (images - mean) * (0.6 + 0.8 * rand(b, 1, 1, 1)) + mean + 0.4 * (rand(b, 1, 1, 1) - 0.5)
