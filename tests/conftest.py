@@ -14,7 +14,7 @@ def runs(tmp_path, monkeypatch):
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def device():
     """The device component tests run on: cpu, or HONED_TEST_DEVICE (``make test-cuda`` sets cuda)."""
     import torch

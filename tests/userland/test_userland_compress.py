@@ -96,10 +96,10 @@ def counted_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 # ----------------------------------------------------------------------------- GDP
 
-def test_gdp_in_a_plain_loop_exports_the_gated_function_with_the_predicted_macs():
+def test_gdp_in_a_plain_loop_exports_the_gated_function_with_the_predicted_macs(device):
     torch.manual_seed(0)
-    x, y = data()
-    model = UserResNet()
+    x, y = (t.to(device) for t in data())
+    model = UserResNet().to(device)
     gdp = GDP(model, x[:1], GDPSchedule(target_macs=0.5, lambda_init=2.0), steps=20)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(20):
@@ -149,9 +149,9 @@ def test_gdp_construction_and_a_nan_loss_leave_the_model_and_gates_alone():
 
 # ----------------------------------------------------------------------------- IMP and masks
 
-def test_imp_with_a_plain_train_function_on_a_user_cnn():
+def test_imp_with_a_plain_train_function_on_a_user_cnn(device):
     torch.manual_seed(0)
-    x, y = data()
+    x, y = (t.to(device) for t in data())
 
     def train(model, steps):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
@@ -160,7 +160,7 @@ def test_imp_with_a_plain_train_function_on_a_user_cnn():
             F.cross_entropy(model(x), y).backward()
             opt.step()
 
-    model = UserCNN()
+    model = UserCNN().to(device)
     result = iterative_magnitude_pruning(model, train, 2, steps=6, rewind_step=2, ignore=["fc.weight"])
     assert [round(lv.sparsity, 2) for lv in result.levels] == [0.0, 0.2, 0.36]
     final = result.masks[-1]
@@ -202,10 +202,10 @@ def test_masks_refuse_wrong_shape_dtype_nan_and_empty_models():
 
 # ----------------------------------------------------------------------------- OPQ
 
-def test_opq_in_a_plain_loop_then_export_write_and_reload(tmp_path):
+def test_opq_in_a_plain_loop_then_export_write_and_reload(tmp_path, device):
     torch.manual_seed(0)
-    x, y = data()
-    model = UserCNN()
+    x, y = (t.to(device) for t in data())
+    model = UserCNN().to(device)
     plans = opq_plan(model, sparsity=0.7, avg_bits=4.0)
     attach_quantizers(model, plans)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -218,9 +218,9 @@ def test_opq_in_a_plain_loop_then_export_write_and_reload(tmp_path):
         compressed = model(x)
     layers, dense = export_compressed(model)
     size = write_packed(tmp_path / "m.hpq", layers, dense)
-    restored = load_packed(UserCNN(), tmp_path / "m.hpq").eval()
+    restored = load_packed(UserCNN(), tmp_path / "m.hpq").eval()  # the file is device-free: load on the CPU
     with torch.no_grad():
-        assert torch.allclose(restored(x), compressed, atol=1e-5)
+        assert torch.allclose(restored(x.cpu()), compressed.cpu(), atol=1e-5)
         assert torch.allclose(bake(model)(x), compressed, atol=1e-6)
     assert size == (tmp_path / "m.hpq").stat().st_size
 
@@ -248,12 +248,12 @@ def test_opq_refuses_nan_weights_bad_settings_and_a_second_attach():
 
 # ----------------------------------------------------------------------------- Network Slimming
 
-def test_bn_l1_subgradient_in_a_plain_loop_shrinks_gammas_and_refuses_bad_lambdas():
-    x, y = data()
+def test_bn_l1_subgradient_in_a_plain_loop_shrinks_gammas_and_refuses_bad_lambdas(device):
+    x, y = (t.to(device) for t in data())
 
     def run(lam: float) -> float:
         torch.manual_seed(0)
-        model = UserCNN()
+        model = UserCNN().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         for _ in range(10):
             opt.zero_grad()
@@ -272,11 +272,11 @@ def test_bn_l1_subgradient_in_a_plain_loop_shrinks_gammas_and_refuses_bad_lambda
 
 # ----------------------------------------------------------------------------- SuperTickets
 
-def test_supertickets_in_a_plain_loop_searches_and_prunes():
+def test_supertickets_in_a_plain_loop_searches_and_prunes(device):
     torch.manual_seed(0)
-    x, y = data(32)
+    x, y = (t.to(device) for t in data(32))
     net = SuperNet(in_channels=1, num_classes=4, image_size=8, stem_channels=4, block_channels=(6,), strides=(1,),
-                   hidden=4, kernels=(3,))
+                   hidden=4, kernels=(3,), device=device)
     schedule = SuperTicketsSchedule(epochs=2, rho=1e-2, epoch_warmup=1.0, nas_interval=1, prune_interval=1,
                                     prune_step=0.3, target_sparsity=0.6)
     tickets = SuperTickets(net, schedule, steps_per_epoch=2, example=x[:1])
@@ -293,4 +293,4 @@ def test_supertickets_in_a_plain_loop_searches_and_prunes():
     assert tickets.current_rho == schedule.rho  # the ramp advances without honed's loop
     assert [e["target"] for e in tickets.trace.events if e["kind"] == "prune"] == [0.3, 0.6]
     with pytest.raises(InputError, match=r"expects input \(N, 1, H, W\)"):
-        net(torch.rand(2, 3, 8, 8))
+        net(torch.rand(2, 3, 8, 8, device=device))

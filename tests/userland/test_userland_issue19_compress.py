@@ -35,23 +35,23 @@ def batches(steps: int = 6):
     return [(torch.rand(8, 1, 6, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(steps)]
 
 
-def plain_loop(regularise) -> nn.Module:
+def plain_loop(regularise, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    model = UserCNN()
+    model = UserCNN().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     hook = regularise(model)
     for x, y in batches():
         optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
         hook()
         optimizer.step()
     return model
 
 
-def test_force_regularization_class_works_alone_in_a_plain_loop():
-    none = plain_loop(lambda m: (lambda: None))
-    function = plain_loop(lambda m: (lambda: add_force_gradient(m, force_decay=0.05)))
-    callback = plain_loop(lambda m: ForceRegularization(m, force_decay=0.05).after_backward)
+def test_force_regularization_class_works_alone_in_a_plain_loop(device):
+    none = plain_loop(lambda m: (lambda: None), device)
+    function = plain_loop(lambda m: (lambda: add_force_gradient(m, force_decay=0.05)), device)
+    callback = plain_loop(lambda m: ForceRegularization(m, force_decay=0.05).after_backward, device)
     assert not torch.allclose(function.conv2.weight, none.conv2.weight)  # the force acts
     for a, b in zip(callback.parameters(), function.parameters()):
         assert torch.allclose(a, b, atol=1e-6)  # the class alone == the plain-loop function
@@ -71,13 +71,13 @@ def test_force_strength_does_not_grow_with_the_filter_count():
     assert per_filter[64, "mean"] <= 1e-3  # the mean pull of unit filters is at most 1 (times force_decay)
 
 
-def test_decomposition_cost_reports_latency_beside_size():
+def test_decomposition_cost_reports_latency_beside_size(device):
     torch.manual_seed(0)
-    model = UserCNN(width=16).eval()
+    model = UserCNN(width=16).to(device).eval()
     small, plan = decompose_model(model, energy=0.5, layers=["conv2"])
     assert plan[0].decomposed
     model.bn1.train()  # a submodule in its own mode must come back in it
-    cost = decomposition_cost(model, small, torch.rand(4, 1, 8, 8), rounds=2, repeats=2)
+    cost = decomposition_cost(model, small, torch.rand(4, 1, 8, 8, device=device), rounds=2, repeats=2)
     assert cost["params_decomposed"] < cost["params_original"]
     assert cost["macs_decomposed"] < cost["macs_original"]
     assert cost["latency_ms_original"] > 0 and cost["latency_ms_decomposed"] > 0 and cost["speedup"] > 0
@@ -96,10 +96,10 @@ def test_lowrank_refuses_rank_zero_and_names_what_it_skips():
     assert [p.name for p in plan] == ["0", "3"]
 
 
-def test_lowrank_decomposes_conv1d():
+def test_lowrank_decomposes_conv1d(device):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(6, 12, 5, padding=2), nn.ReLU(), nn.Conv1d(12, 4, 1))
-    x = torch.randn(3, 6, 20)
+    model = nn.Sequential(nn.Conv1d(6, 12, 5, padding=2), nn.ReLU(), nn.Conv1d(12, 4, 1)).to(device)
+    x = torch.randn(3, 6, 20, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         low, plan = decompose_model(model, energy=1.0, only_if_cheaper=False)

@@ -62,11 +62,11 @@ def test_a_plain_checkpoint_loads_into_the_converted_model():
         assert torch.equal(fresh.state_dict()[k], v), k
 
 
-def test_augmax_refuses_nan_chains_and_keeps_each_submodule_mode():
-    model = convert_to_dubin(UserCNN())
+def test_augmax_refuses_nan_chains_and_keeps_each_submodule_mode(device):
+    model = convert_to_dubin(UserCNN().to(device))
     model.train()
     model.features[1].eval()  # a frozen norm inside a training model
-    x, y = images(), torch.tensor([0, 1, 2, 0])
+    x, y = images().to(device), torch.tensor([0, 1, 2, 0], device=device)
     chains = sample_chains(x, generator=torch.Generator().manual_seed(0))
     bad = chains.clone()
     bad[1, 0, 0, 2, 2] = float("nan")
@@ -76,8 +76,9 @@ def test_augmax_refuses_nan_chains_and_keeps_each_submodule_mode():
     assert model.training and not model.features[1].training and model.features[4].training
 
 
-def test_smooth_restores_every_submodule_mode():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 3))
+def test_smooth_restores_every_submodule_mode(device):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5),
+                          nn.Linear(16, 3)).to(device)
     model.train()
     model[2].eval()
     smooth = Smooth(model, num_classes=3, sigma=0.25, generator=torch.Generator().manual_seed(0))
@@ -85,15 +86,16 @@ def test_smooth_restores_every_submodule_mode():
     assert model.training and not model[2].training and model[3].training
 
 
-def test_a_plain_mlp_becomes_a_subnet_network_for_tickets():
+def test_a_plain_mlp_becomes_a_subnet_network_for_tickets(device):
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32, affine=False), nn.ReLU(),
-                        nn.Linear(32, 3))
+                        nn.Linear(32, 3)).to(device)
     with pytest.raises(InputError, match="to_subnet"):
         extract_ticket(mlp)
     net = to_subnet(mlp, keep_ratio=0.5, weight_init="keep")
     assert torch.equal(net[1].weight, mlp[1].weight)  # frozen user weights, trainable scores
     x, y = images(16), torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(0))
-    search_ticket(net, [(x, y)], epochs=1)
+    search_ticket(net, [(x, y)], epochs=1)  # CPU batches follow the network's device
+    x, y = x.to(device), y.to(device)
     ticket = extract_ticket(net)
     assert set(ticket.masks) == {"1", "4"} and ticket.density() == pytest.approx(0.5, abs=0.01)
     assert F.cross_entropy(net(x), y).isfinite()

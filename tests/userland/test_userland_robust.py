@@ -31,10 +31,10 @@ class UserCNN(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def digits():
+def digits(device):
     data = load_digits()
     x = torch.tensor(data.images[:400], dtype=torch.float32).unsqueeze(1) / 16
-    return x, torch.tensor(data.target[:400])
+    return x.to(device), torch.tensor(data.target[:400]).to(device)
 
 
 def plain_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 3, loss_on=None) -> nn.Module:
@@ -54,7 +54,7 @@ def plain_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    return plain_fit(UserCNN(), *digits)
+    return plain_fit(UserCNN().to(digits[0].device), *digits)
 
 
 def state(model: nn.Module) -> dict:
@@ -121,7 +121,7 @@ def test_attacks_refuse_bad_inputs_in_one_line_and_change_nothing(bad, match, tr
 
 
 def test_attacks_refuse_a_model_whose_output_is_not_logits(digits):
-    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Flatten(0))  # (N * 10,) instead of (N, 10)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Flatten(0)).to(digits[0].device)  # (N * 10,), not (N, 10)
     with pytest.raises(InputError, match="logits of shape"):
         PGD(flat, 0.1)(digits[0][:4], digits[1][:4])
 
@@ -142,7 +142,7 @@ def test_smooth_predicts_and_certifies_a_user_cnn_and_refuses_bad_inputs(trained
 
 def test_smoothing_regularizer_trains_a_user_cnn_in_a_plain_loop(digits):
     reg = SmoothingRegularizer(sigma=0.25, copies=2, generator=torch.Generator().manual_seed(0))
-    model = plain_fit(UserCNN(1), digits[0][:100], digits[1][:100], epochs=1, loss_on=reg.loss_on)
+    model = plain_fit(UserCNN(1).to(digits[0].device), digits[0][:100], digits[1][:100], epochs=1, loss_on=reg.loss_on)
     assert reg.last_ce is not None and all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(InputError, match="float batch"):
         reg.loss_on(model, digits[0][:4].long(), digits[1][:4])
@@ -151,10 +151,10 @@ def test_smoothing_regularizer_trains_a_user_cnn_in_a_plain_loop(digits):
 def test_mixed_mat_loss_and_parallel_mat_on_user_members(digits):
     x, y = digits[0][:100], digits[1][:100]
     mat = MixedMAT(strengths=(0.05, 0.1))
-    member = plain_fit(UserCNN(2), x, y, epochs=1, loss_on=mat.loss_on)
+    member = plain_fit(UserCNN(2).to(x.device), x, y, epochs=1, loss_on=mat.loss_on)
     assert mat.counts.tolist() == [100, 100] and set(mat.last_losses) == {"clean", "eps0.05", "eps0.1"}
-    ensemble = ParallelMAT([member, plain_fit(UserCNN(3), x, y, epochs=1)]).eval()
-    assert torch.allclose(ensemble.probabilities(x[:4]).sum(1), torch.ones(4))
+    ensemble = ParallelMAT([member, plain_fit(UserCNN(3).to(x.device), x, y, epochs=1)]).eval()
+    assert torch.allclose(ensemble.probabilities(x[:4]).sum(1), x.new_ones(4))
     assert PGD(ensemble, 0.1, 0.02, 3)(x[:4], y[:4]).shape == (4, 1, 8, 8)
     with pytest.raises(InputError, match="NaN"):
         mat.loss_on(member, torch.full_like(x[:4], float("nan")), y[:4])
@@ -166,7 +166,7 @@ def test_augmax_attack_on_a_user_cnn(trained, digits):
     user_modes(trained)
     before = state(trained)
     x_adv, m, w = augmax_attack(trained, x, y, chains, steps=3, generator=torch.Generator().manual_seed(0))
-    assert x_adv.shape == x.shape and m.shape == (8,) and torch.allclose(w.sum(1), torch.ones(8))
+    assert x_adv.shape == x.shape and m.shape == (8,) and torch.allclose(w.sum(1), x.new_ones(8))
     with pytest.raises(InputError, match="chains"):
         augmax_attack(trained, x, y, chains[:, 0])
     assert_as_it_was(trained, before)
@@ -174,14 +174,14 @@ def test_augmax_attack_on_a_user_cnn(trained, digits):
 
 def test_query_prior_attack_with_user_victim_and_surrogate(trained, digits):
     x, y = digits[0][:8], digits[1][:8]
-    surrogate = plain_fit(UserCNN(4), *digits, epochs=1).eval()
+    surrogate = plain_fit(UserCNN(4).to(x.device), *digits, epochs=1).eval()
     user_modes(trained)
     before = state(trained)
     attack = QueryPriorAttack(trained, surrogate, eps=0.1, steps=3)
     x_adv = attack(x, y)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     logits = surrogate(x)
-    loss = wace_loss(logits, y, logits.argsort(1, descending=True)[:, 1:2], torch.ones(8, 1))
+    loss = wace_loss(logits, y, logits.argsort(1, descending=True)[:, 1:2], x.new_ones(8, 1))
     assert loss.shape == () and torch.isfinite(loss)
     with pytest.raises(InputError):
         attack(torch.full_like(x, float("nan")), y)
@@ -190,7 +190,7 @@ def test_query_prior_attack_with_user_victim_and_surrogate(trained, digits):
 
 def test_scratch_tickets_on_a_user_mlp_searched_in_a_plain_loop(digits):
     torch.manual_seed(0)
-    user_mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    user_mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).to(digits[0].device)
     network = to_subnet(user_mlp, keep_ratio=0.5)
     batches = list(zip(digits[0][:200].split(50), digits[1][:200].split(50)))
     tickets = []
