@@ -87,9 +87,11 @@ def slic_segments(images: torch.Tensor, n_segments: int = 48, compactness: float
     return torch.stack([torch.from_numpy(s).long() for s in ids]).to(images.device)
 
 
-def grid_segments(n: int, height: int, width: int, cells: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def grid_segments(n: int, height: int, width: int, cells: int,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """The grid-patch ablation of card 34 (arXiv:2108.05293): long (n, height, width) ids of a cells x cells
-    grid (:func:`honed.vision.mix_masks.grid_cells`), the same for every image."""
+    grid (:func:`honed.vision.mix_masks.grid_cells`), the same for every image, on ``device`` (None: torch's
+    default device)."""
     check_count(n, "n")
     return grid_cells(height, width, cells, device).expand(n, height, width).clone()
 
