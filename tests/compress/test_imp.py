@@ -189,3 +189,17 @@ def test_a_plain_function_without_steps_and_a_train_fn_ignoring_callbacks_are_cl
         iterative_magnitude_pruning(small_net(), ignores_callbacks, 1, rewind_step=2)
     with pytest.raises(InputError, match="pruned weights become non-zero"):  # rewind_step=0 no longer misleads
         iterative_magnitude_pruning(small_net(), ignores_callbacks, 1, rewind_step=0)
+
+
+def test_reinitialize_leaves_the_global_generators_where_they_were(device):
+    """Issue 18: re-drawing under a seed forks the CPU generator and every initialised GPU's."""
+    net = small_net().to(device)
+    torch.manual_seed(7)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(7)
+    expected = (torch.rand(3), torch.rand(3, device=device))
+    torch.manual_seed(7)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(7)
+    reinitialize(net, seed=123)
+    assert torch.equal(torch.rand(3), expected[0]) and torch.equal(torch.rand(3, device=device), expected[1])

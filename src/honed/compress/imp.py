@@ -206,8 +206,9 @@ def train_ticket(model: nn.Module, rewind_state: dict[str, torch.Tensor], mask: 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Re-draw every parameter with its module's own ``reset_parameters`` under ``seed`` (without
-    touching the global RNG, the CUDA generators of the model's devices included); returns ``model``."""
-    cuda = sorted({t.device.index for t in [*model.parameters(), *model.buffers()] if t.is_cuda})
+    touching the global RNG, CUDA generators included: manual_seed reseeds every initialised GPU); returns
+    ``model``."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for module in model.modules():
