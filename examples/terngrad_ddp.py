@@ -55,7 +55,7 @@ def train(rank: int, world_size: int) -> dict:
 
 
 if __name__ == "__main__":
-    if "RANK" in os.environ:  # started by torchrun: it set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):  # started by torchrun
         dist.init_process_group("gloo")
         train(dist.get_rank(), dist.get_world_size())
         sys.stdout.flush()

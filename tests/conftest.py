@@ -6,6 +6,23 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+# What a distributed launcher sets. A test that leaves one behind (a full-suite run once left RANK in
+# an xdist worker, and the TernGrad example then took torchrun's path) would change later tests.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RENDEZVOUS")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_launcher_variables():
+    """Restore the launcher variables of the environment after every test."""
+    before = {k: os.environ.get(k) for k in LAUNCHER_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """A fresh runs folder, also exported as HONED_RUNS for CLI tests."""
