@@ -281,13 +281,15 @@ class MPCDataSelectionExperiment(Experiment):
         s1 = multiphase_select(px, [scorer(proxies[0])], sizes[:1])[0]
         p2 = proxies[1]
         if cfg.phase_labels > 0:  # the DO releases labels of a random sample of S_1 (only membership is known)
-            bought = s1[torch.randperm(len(s1), generator=torch.Generator().manual_seed(seed + 5))[:cfg.phase_labels]]
+            draw = torch.randperm(len(s1), generator=torch.Generator().manual_seed(seed + 5))  # CPU: same draw anywhere
+            bought = s1[draw[:cfg.phase_labels].to(s1.device)]
             p2 = copy.deepcopy(p2).train()
             _fit(p2, torch.cat([boot[0], px[bought]]), torch.cat([boot[1], py[bought]]), cfg.proxy_epochs, cfg.lr,
                  seed + 20, teacher=target, kd_weight=cfg.kd_weight)
             p2.eval()
         picks = {"oracle": secure_topk_standin(oracle_scores, cfg.budget),
-                 "random": torch.randperm(len(px), generator=torch.Generator().manual_seed(seed))[:cfg.budget],
+                 "random": torch.randperm(len(px), generator=torch.Generator().manual_seed(seed))[:cfg.budget]
+                 .to(px.device),
                  "proxy_1phase": multiphase_select(px, [scorer(proxies[0])], [cfg.budget])[0],
                  "selectformer": s1[multiphase_select(px[s1], [scorer(p2)], sizes[1:])[0]]}
         return picks, sizes, p2

@@ -35,6 +35,12 @@ SIM_ARMS = ("float", "terngrad", "terngrad_noclip", "terngrad_global")
 START_METHOD = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else "spawn"
 
 
+def start_method_used() -> str:
+    """The start method run_workers really uses: it turns "fork" into "spawn" once CUDA is initialised
+    (a forked child cannot use the parent's CUDA context); the gloo DDP arms stay on the CPU either way."""
+    return "spawn" if START_METHOD == "fork" and torch.cuda.is_initialized() else START_METHOD
+
+
 @dataclass(frozen=True)
 class TernGradConfig(ExperimentConfig):
     epochs: int = 40
@@ -315,7 +321,7 @@ class TernGradExperiment(Experiment):
             for arm, metrics in part.items():
                 arms[f"sim_n{n}_{arm}"] = {k: v for k, v in metrics.items() if k != "train_loss"}
                 curves.setdefault(f"train_loss_sim_n{n}", {})[arm] = metrics["train_loss"]
-        return SeedOutput(arms=arms, curves=curves, extra={"launch_start_method": START_METHOD,
+        return SeedOutput(arms=arms, curves=curves, extra={"launch_start_method": start_method_used(),
                                                            "terngrad_formula_bytes": formula_bytes(cfg)})
 
     def claims(self, cfg: TernGradConfig, result) -> list[Claim]:
@@ -371,7 +377,8 @@ class TernGradExperiment(Experiment):
                  "relays each message to N-1 peers, so per-link traffic grows with N unlike ring all-reduce.",
                  f"PowerSGD (rank {cfg.powersgd_rank}) bytes are its steady state after "
                  f"{cfg.powersgd_start_iter} fp32 warm-up steps, from the gradient shapes and torch's rule.",
-                 f"DDP workers launched with start_method={START_METHOD}."]
+                 f"DDP workers launched with start_method="
+                 f"{', '.join(sorted(set(result.extra['launch_start_method']['values'])))}."]
         n = max(cfg.sim_workers)
         accs = {a: result.mean(f"sim_n{n}_{a}", "test_acc") for a in SIM_ARMS}
         worse = [a for a in ("terngrad_noclip", "terngrad_global") if accs[a] < accs["terngrad"]]
