@@ -31,6 +31,15 @@ def runs(tmp_path, monkeypatch):
     return root
 
 
+def pytest_collection_modifyitems(config, items):
+    """HONED_DEVICE_TESTS_ONLY=1 keeps only the tests that take the ``device`` fixture (tests/test_cuda.py
+    runs them again on cuda)."""
+    if os.environ.get("HONED_DEVICE_TESTS_ONLY"):
+        kept = [item for item in items if "device" in getattr(item, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def device():
     """The device component tests run on: cpu, or HONED_TEST_DEVICE (``make test-cuda`` sets cuda)."""
