@@ -44,7 +44,7 @@ class InstanceSearchConfig(ExperimentConfig):
     pooled ground-truth boxes retrieve best (oracle-box mAP), shared by every arm. ``map_stage4`` (layer4
     analogue) is reported as a diagnostic."""
 
-    seeds: tuple[int, ...] = (0,)  # one seed fits the 3-min budget on 2 shared cores
+    seeds: tuple[int, ...] = (0,)  # one seed: the per-image backward passes of dasr / vanilla_grad dominate the cost
     threads: int = 2
     per_class: int = 150
     epochs: int = 8
