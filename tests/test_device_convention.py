@@ -12,8 +12,6 @@ ALLOWED = {
     "core/benchmark.py": "the machine record of a CPU benchmark",
     "core/checkpoint.py": "load_tensors' map_location: files load onto the CPU unless asked",
     "generative/transfer_gan.py": "degrade()'s noise comes from a CPU generator on purpose (same images on every device)",
-    # owned by other work in progress when the guard was written (issue 18 report lists them):
-    "vision/digit_domains.py": "dataset builder, another helper's file",
 }
 
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 import torch
 
 from honed.experiments.e07_complexmix import ComplexMixConfig, MeanTeacherRun, teacher_confident_fraction
-from honed.vision.shape_scenes import make_shape_splits
+from honed.data.shape_scenes import make_shape_splits
 
 CFG = replace(ComplexMixConfig(), iterations=6, warmup_iterations=3, eval_every=3, widths=(4, 8))
 

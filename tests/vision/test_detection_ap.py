@@ -5,7 +5,7 @@ import torch
 
 from honed.core.errors import InputError
 from honed.vision.detection_ap import COCO_THRESHOLDS, ImageDetections, box_iou, coco_average_precision
-from honed.vision.synthetic_scenes import SceneSpec, make_scenes
+from honed.data.synthetic_scenes import SceneSpec, make_scenes
 
 GT = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from honed.core.errors import InputError
 from honed.experiments.e20_convm_da import ConvMDAConfig, adapt
-from honed.vision.digit_domains import (GuardedSplit, LabelAccessError, make_digit_domains,
+from honed.data.digit_domains import (GuardedSplit, LabelAccessError, make_digit_domains,
                                         render_target_domain)
 from honed.vision.domain_adaptation import (MMD_MULTIPLIERS, DomainClassifier, GradientReversal, UnifiedDALoss,
                                             adversarial_domain_loss, annealed_learning_rate,

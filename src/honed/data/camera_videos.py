@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError, check_count, require_extra
-from honed.vision.shape_scenes import _shape_region
+from honed.data.shape_scenes import _shape_region
 
 SKLEARN_PHOTOS = ("china", "flower")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")

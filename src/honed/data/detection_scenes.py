@@ -3,7 +3,7 @@ card 11 "Reproduction at small scale"), in plain torch.
 
 A scene is a ``size`` x ``size`` RGB image in [0, 1]: a textured background (smooth colour noise plus
 pixel noise) with ``objects`` (inclusive range) shapes of ``CLASSES`` (disk, square, triangle; drawn with
-:func:`honed.vision.instance_scenes.draw_shape`, random colour and rotation, circumradius
+:func:`honed.data.instance_scenes.draw_shape`, random colour and rotation, circumradius
 ``side / 2`` for a side drawn uniformly in ``side``), painted in order so later shapes occlude earlier ones.
 A new shape that would leave an earlier one less than ``min_visible`` of its pixels visible is redrawn
 (up to ``tries`` times, else left out), so every labelled object stays mostly visible. Each object's box
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from honed.core.errors import InputError, check_count
-from honed.vision.instance_scenes import draw_shape, smooth_noise, uniform
+from honed.data.instance_scenes import draw_shape, smooth_noise, uniform
 
 CLASSES = ("disk", "square", "triangle")
 SHAPE_OF_CLASS = {"disk": "circle", "square": "square", "triangle": "triangle"}

@@ -4,7 +4,7 @@ in plain torch.
 
 A clip is (3, frames, size, size) in [0, 1]: a textured colour background (smooth noise plus a random
 grating, redrawn per clip, with fresh pixel noise per frame) and one randomly coloured shape (drawn
-with :func:`honed.vision.instance_scenes.shape_mask`). The label is shape x motion:
+with :func:`honed.data.instance_scenes.shape_mask`). The label is shape x motion:
 {square, circle, triangle} x {left_to_right, right_to_left, blink, static}. ``blink`` shows the shape on
 every other frame (random phase): a stream that samples every 4th frame sees it always on (like
 ``static``) or always off, so telling blink from static needs the full frame rate, while the shape needs
@@ -15,7 +15,7 @@ import math
 import torch
 
 from honed.core.errors import InputError, check_count
-from honed.vision.instance_scenes import pixel_grid, shape_mask, smooth_noise, uniform
+from honed.data.instance_scenes import pixel_grid, shape_mask, smooth_noise, uniform
 
 SHAPES = ("square", "circle", "triangle")
 MOTIONS = ("left_to_right", "right_to_left", "blink", "static")

@@ -2,7 +2,7 @@
 segmentation with query priors (card 34, arXiv:2108.05293) reproductions, in plain torch.
 
 A scene is a ``size`` x ``size`` RGB image in [0, 1] and a label map: 0 = background, ``k + 1`` = shape
-``shapes[k]`` (outlines from :func:`honed.vision.instance_scenes.shape_mask`). ``objects`` (inclusive
+``shapes[k]`` (outlines from :func:`honed.data.instance_scenes.shape_mask`). ``objects`` (inclusive
 range) shapes of random class, radius (a fraction of ``size``), position and rotation are painted in
 order, so later shapes occlude earlier ones and the label map follows the visible shape; a shape that
 ends up fully hidden leaves no label. A :class:`SceneStyle` sets the domain:
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from honed.core.errors import InputError, check_count
 from honed.robust.corruptions import blur
-from honed.vision.instance_scenes import shape_mask, smooth_noise, uniform
+from honed.data.instance_scenes import shape_mask, smooth_noise, uniform
 
 TEXTURES = ("plain", "stripes", "checker", "noise", "gradient")
 SSDA_SHAPES = ("circle", "square", "triangle")  # card 05: background, disk, square, triangle

@@ -4,7 +4,7 @@ scale"), seeded, in plain torch.
 
 Each image is ``size`` x ``size`` RGB in [0, 1]: one object of shape {circle, square, triangle}, colour
 {red, green, blue, yellow}, size {small, big} and position {left, right, top, bottom, centre} on a dark,
-slightly noisy background (the shapes are drawn with :func:`honed.vision.instance_scenes.shape_mask`).
+slightly noisy background (the shapes are drawn with :func:`honed.data.instance_scenes.shape_mask`).
 Its caption comes from one of several templates with different word orders ("one big red circle at the
 left", "at the left there is one big red circle", ...); 'a' is written 'one' as in the reference.
 Attribute combinations are split into train and held-out test combinations, every attribute value
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from honed.core.errors import InputError, check_count
-from honed.vision.instance_scenes import pixel_grid, shape_mask
+from honed.data.instance_scenes import pixel_grid, shape_mask
 
 ATTRIBUTES = {
     "shape": ("circle", "square", "triangle"),

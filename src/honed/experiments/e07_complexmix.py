@@ -29,7 +29,7 @@ from honed.models import create_model
 from honed.sequence.mean_teacher import ema_update
 from honed.vision.mix_masks import batch_masks, confidence_weight, mix_unlabeled
 from honed.vision.seg_metrics import confusion_matrix, mean_iou, per_image_miou
-from honed.vision.shape_scenes import NUM_CLASSES, make_shape_scenes, make_shape_splits
+from honed.data.shape_scenes import NUM_CLASSES, make_shape_scenes, make_shape_splits
 
 CONFIDENT_BAR = 0.25  # fixed before any run: the unlabeled loss must weigh at least a quarter of its pixels
 SUPERVISED_MARGIN = 0.05  # per-image mIoU the supervised arm must clear above the all-background map
@@ -240,7 +240,7 @@ class ComplexMixExperiment(Experiment):
     baselines = ("supervised", "cutmix", "classmix")
     components = ("honed.vision.mix_masks:complexmix_mask", "honed.vision.mix_masks:classmix_mask",
                   "honed.vision.mix_masks:cutmix_mask", "honed.vision.mix_masks:mix_unlabeled",
-                  "honed.vision.mix_masks:confidence_weight", "honed.vision.shape_scenes:make_shape_splits")
+                  "honed.vision.mix_masks:confidence_weight", "honed.data.shape_scenes:make_shape_splits")
     reconstructed = (
         "a one-class grid cell is copied whole with probability single_class_prob=0.5 (floor(1/2) = 0)",
         "grid cells are floor(i*k/H) x floor(j*k/W) bands (equal cells when k divides the image side)",

@@ -1,7 +1,7 @@
 """08-aerial-uda: output-space adversarial alignment + target entropy minimisation for aerial segmentation
 (Domain Adaptation on Semantic Segmentation for Aerial Images, arXiv:2012.02264).
 
-Source: synthetic RGB top-down tiles (``honed.vision.aerial_tiles``), labeled. Target: the same kind of
+Source: synthetic RGB top-down tiles (``honed.data.aerial_tiles``), labeled. Target: the same kind of
 scenes seen by a false-colour IRRG sensor (channel swap), coarser texture, brighter, blurred, noisy; its
 labels are read only by the oracle arm (target train), for the reported validation curve (target val) and
 for the final evaluation (target test). Every arm trains a UNet-s (16-32-64) from the seed's initialisation
@@ -22,7 +22,7 @@ from honed.core.experiment import (Claim, Experiment, Precondition, SeedOutput, 
                                    register_experiment)
 from honed.core.progress import progress_bar
 from honed.models import create_model
-from honed.vision.aerial_tiles import CLASS_NAMES, NUM_CLASSES, AerialDomains, TileSet, make_aerial_domains
+from honed.data.aerial_tiles import CLASS_NAMES, NUM_CLASSES, AerialDomains, TileSet, make_aerial_domains
 from honed.vision.output_space_uda import OutputSpaceDiscriminator, OutputSpaceUDAStep, poly_learning_rate
 from honed.vision.seg_metrics import (confusion_matrix, f1_per_class, iou_per_class, mean_iou, per_image_miou,
                                       pixel_accuracy)
@@ -182,7 +182,7 @@ class AerialUDAExperiment(Experiment):
                   "honed.vision.output_space_uda:generator_adversarial_loss",
                   "honed.vision.output_space_uda:discriminator_loss",
                   "honed.vision.output_space_uda:confident_pseudo_label_loss",
-                  "honed.vision.aerial_tiles:make_aerial_domains")
+                  "honed.data.aerial_tiles:make_aerial_domains")
     reconstructed = (
         "D: AdaptSegNet's 4x4 stride-2 convs with LeakyReLU 0.2, scaled to 16-32-64-1 channels; D loss halved",
         "G optimiser: SGD momentum 0.9, wd 5e-4, poly 0.9 as the card, but lr 0.02 instead of 2.5e-4 (the net "

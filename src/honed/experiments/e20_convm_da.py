@@ -2,7 +2,7 @@
 (A Compact DNN: Approaching GoogLeNet-Level Accuracy of Classification and Domain Adaptation, arXiv:1703.04071).
 
 Source: sklearn digits 16x16 grey (as RGB). Target: a disjoint half of the digits rendered on colour
-textures (``honed.vision.digit_domains``); its labels are guarded and read only for the final evaluation.
+textures (``honed.data.digit_domains``); its labels are guarded and read only for the final evaluation.
 Arms: on Conv-M, source-only, DANN (adversarial only), DAN (MK-MMD only), entropy only and the unified
 loss; on the plain CNN and the SqueezeNet-style net (matched ~75k parameters), source-only and unified.
 Every arm trains from the seed's initialisation with SGD momentum 0.9, the DANN lr and GRL schedules and
@@ -20,7 +20,7 @@ from honed.core.experiment import (Claim, Experiment, Precondition, SeedOutput, 
                                    register_experiment)
 from honed.core.loop import correct_per_example
 from honed.vision.convm import NET_NAMES, count_parameters, create_compact_net
-from honed.vision.digit_domains import DigitDomains, make_digit_domains
+from honed.data.digit_domains import DigitDomains, make_digit_domains
 from honed.vision.domain_adaptation import (UnifiedDALoss, annealed_learning_rate, domain_classifier_accuracy,
                                             prediction_entropy)
 
@@ -225,7 +225,7 @@ class ConvMDAExperiment(Experiment):
                   "honed.vision.domain_adaptation:UnifiedDALoss", "honed.vision.domain_adaptation:GradientReversal",
                   "honed.vision.domain_adaptation:multi_kernel_mmd",
                   "honed.vision.domain_adaptation:domain_classifier_accuracy",
-                  "honed.vision.digit_domains:make_digit_domains")
+                  "honed.data.digit_domains:make_digit_domains")
     reconstructed = (
         "Conv-M: 1x1 reductions (to half the input width) before the dilated and deconv branches "
         "(Inception-style, inferred by the card)",

@@ -1,7 +1,7 @@
 """35-psrr-maxpool-nms: PSRR-MaxpoolNMS, a parallel max-pooling replacement for GreedyNMS at every stage
 (Zhang, Lin, Hu, Zhao, Aly, CVPR 2021, arXiv:2105.12990; base method MaxpoolNMS, arXiv:1904.12221).
 
-Card 35 at small scale on synthetic 512x512 detection scenes (honed.vision.synthetic_scenes): 1-30 GT
+Card 35 at small scale on synthetic 512x512 detection scenes (honed.data.synthetic_scenes): 1-30 GT
 boxes (sides 16-256 px, ratios {0.5, 1, 2}, 3 classes), 20-60 candidates per GT with IoU-correlated
 scores plus false positives, each candidate carrying its source anchor. Side by side on the same scenes:
 
@@ -33,7 +33,7 @@ from honed.core.evidence import smin
 from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
 from honed.vision.detection_ap import COCO_THRESHOLDS, ImageDetections, box_iou, coco_average_precision
 from honed.vision.nms import LEVELS, AnchorSet, greedy_nms, psrr_maxpool_nms
-from honed.vision.synthetic_scenes import Scene, SceneSpec, make_scenes, random_boxes
+from honed.data.synthetic_scenes import Scene, SceneSpec, make_scenes, random_boxes
 
 POOL_ARMS = {"maxpool": dict(relationship_recovery=False, shift=False),
              "psrr_no_shift": dict(relationship_recovery=True, shift=False),

@@ -2,7 +2,7 @@
 (Xiao, Zhao, Lin, Hong, Ngo, ACM TOMM 2022, arXiv:2002.00185).
 
 Card 39 at small scale: no ImageNet weights offline, so a 5-stage CNN (~0.28M params) is pre-trained for
-a few epochs on 20 synthetic shape classes (honed.vision.instance_scenes), then frozen. Instance search on
+a few epochs on 20 synthetic shape classes (honed.data.instance_scenes), then frozen. Instance search on
 cluttered 128x128 scenes with 1-3 pasted instances (12 sklearn photo crops + 8 procedural objects, never
 seen in pre-training), one clean query crop per instance. Side by side on the same frozen net and scenes:
 
@@ -28,7 +28,7 @@ from honed.core.errors import ConfigError
 from honed.core.experiment import Claim, Experiment, Precondition, SeedOutput, register_experiment
 from honed.core.loop import evaluate_classifier, train
 from honed.vision.dasr import DASR, pool_regions
-from honed.vision.instance_scenes import (NUM_SHAPE_CLASSES, make_instance_scenes, make_instances,
+from honed.data.instance_scenes import (NUM_SHAPE_CLASSES, make_instance_scenes, make_instances,
                                           make_shape_dataset, query_images)
 from honed.vision.retrieval_metrics import average_precision, localisation_recall
 

@@ -1,9 +1,9 @@
-"""Tests of honed.vision.aerial_tiles (synthetic tiles for the arXiv:2012.02264 reproduction)."""
+"""Tests of honed.data.aerial_tiles (synthetic tiles for the arXiv:2012.02264 reproduction)."""
 import pytest
 import torch
 
 from honed.core.errors import InputError
-from honed.vision.aerial_tiles import (NUM_CLASSES, REFLECTANCE, SOURCE_STYLE, TARGET_STYLE, draw_layouts,
+from honed.data.aerial_tiles import (NUM_CLASSES, REFLECTANCE, SOURCE_STYLE, TARGET_STYLE, draw_layouts,
                                        make_aerial_domains, make_tiles, render_tiles)
 
 
@@ -57,7 +57,7 @@ def test_bad_input_raises():
 
 def test_tiles_have_no_cpu_default():
     """Issue 18: tiles are painted by a CPU generator and land on ``device``; without one they stay put."""
-    from honed.vision.aerial_tiles import SOURCE_STYLE, make_tiles
+    from honed.data.aerial_tiles import SOURCE_STYLE, make_tiles
     tiles = make_tiles(2, SOURCE_STYLE, 0, size=12, device="meta")
     assert tiles.x.device.type == tiles.y.device.type == "meta"
     assert make_tiles(2, SOURCE_STYLE, 0, size=12).x.device.type == "cpu"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from honed.core.errors import InputError
-from honed.vision.digit_domains import contrasting_colour, make_digit_domains, render_target_domain
+from honed.data.digit_domains import contrasting_colour, make_digit_domains, render_target_domain
 
 
 def test_colour_gap_bounds_the_circular_distance_from_the_background():

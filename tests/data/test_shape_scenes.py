@@ -1,9 +1,9 @@
-"""Tests of honed.vision.shape_scenes (ComplexMix reproduction data, arXiv:2101.10156)."""
+"""Tests of honed.data.shape_scenes (ComplexMix reproduction data, arXiv:2101.10156)."""
 import pytest
 import torch
 
 from honed.core.errors import InputError
-from honed.vision.shape_scenes import NUM_CLASSES, make_shape_scenes, make_shape_splits
+from honed.data.shape_scenes import NUM_CLASSES, make_shape_scenes, make_shape_splits
 
 
 def test_shapes_ranges_and_determinism():
@@ -38,6 +38,6 @@ def test_bad_sizes_raise():
 def test_scene_builders_have_no_cpu_default():
     """Issue 18: data is drawn by a CPU generator (the same tensors on every device) and lands on ``device``;
     without one it stays where it was built."""
-    from honed.vision.shape_scenes import make_shape_scenes
+    from honed.data.shape_scenes import make_shape_scenes
     assert make_shape_scenes(2, size=8, device="meta").x.device.type == "meta"
     assert make_shape_scenes(2, size=8).x.device.type == "cpu"
