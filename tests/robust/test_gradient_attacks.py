@@ -137,3 +137,27 @@ def test_pgd_start_keeps_its_cpu_numbers():
     x = torch.full((2, 3), 0.5)
     start = PGD(linear([[1.0, 0.0, 0.0]]), eps=0.1, steps=2, alpha=0.05, generator=cpu_generator(4)).start(x)
     assert torch.allclose(start, x + (2 * torch.rand(2, 3, generator=cpu_generator(4)) - 1) * 0.1)
+
+
+def pgd_by_hand(model, x, y, eps, alpha, steps, seed):
+    """PGD L-inf written out in plain torch (summed cross-entropy, sign step, clip to the ball, then the box)."""
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed))
+    x_adv = (x + ((x + (2 * noise - 1) * eps) - x).clamp(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_in = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(x_in), y, reduction="sum"), [x_in])
+        x_adv = (x + (x_adv + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_pgd_returns_the_plain_torch_loops_images_bit_for_bit(verify):
+    """Issue 15 pin: speed work on PGD must not change its output (same seed, same images, exactly);
+    the verification forward (``verify``) changes nothing either."""
+    model = small_cnn()
+    x = (torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 1.4 - 0.2).clamp(0, 1)
+    y = torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(2))
+    attack = PGD(model, 0.1, 0.01, 7, generator=torch.Generator().manual_seed(3))
+    attack.verify = verify
+    assert torch.equal(attack(x, y), pgd_by_hand(model, x, y, 0.1, 0.01, 7, seed=3))
+    assert (attack.last_stats.success is not None) == verify
