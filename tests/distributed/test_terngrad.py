@@ -161,3 +161,31 @@ def test_message_bytes_formula():
 def test_bad_inputs_raise_input_error(call):
     with pytest.raises(InputError):
         call()
+
+
+@pytest.mark.parametrize("clip_factor", [2.5, 0.0])
+def test_bucket_scalers_equal_the_per_tensor_scalers(clip_factor):
+    """The hook's whole-bucket scaler pass gives bit for bit :func:`layer_scaler` of each tensor,
+    including the fallbacks (a constant tensor, a one-element tensor, an all-zero tensor)."""
+    from honed.distributed.terngrad import _scalers_of
+
+    pieces = [torch.randn(50, generator=torch.Generator().manual_seed(8)), torch.full((7,), -0.3),
+              torch.tensor([0.7]), torch.zeros(5), torch.randn(3, generator=torch.Generator().manual_seed(9))]
+    flat = torch.cat(pieces)
+    bounds = torch.tensor([0] + [p.numel() for p in pieces]).cumsum(0).tolist()
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    expected = [layer_scaler(p, clip_factor) if p.abs().max() > 0 else torch.tensor(0.0) for p in pieces]
+    assert torch.equal(_scalers_of(flat, spans, clip_factor), torch.stack(expected))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 41), world=st.sampled_from([1, 2, 3, 127, 128]), seed=st.integers(0, 2 ** 16))
+def test_summed_levels_of_packed_rows_equal_the_unpacked_sum(n, world, seed):
+    """The lane-wise sum of packed rows (W <= 127) and its unpacking fallback (W > 127) both give the
+    per-element sum of the W workers' levels, padding dropped."""
+    from honed.distributed.terngrad import _sum_levels
+
+    codes = torch.randint(0, 3, (world, n), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    packed = torch.stack([pack_2bit(row) for row in codes])
+    expected = (codes.to(torch.int32) - 1).sum(0)
+    assert torch.equal(_sum_levels(packed, n), expected)

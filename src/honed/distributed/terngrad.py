@@ -17,6 +17,7 @@ Per tensor (layer-wise) and per step:
 reproduction); :mod:`honed.distributed.terngrad_hook` runs them across real processes.
 """
 import math
+import sys
 from typing import Sequence
 
 import torch
@@ -26,6 +27,7 @@ from honed.core.errors import InputError
 SCOPES = ("layer", "global")
 DEFAULT_CLIP_FACTOR = 2.5  # the code's --clip_factor
 ZERO_CODE = 1  # code of the level 0; also used to pad a packed message to a whole byte
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _check_clip_factor(clip_factor: float) -> float:
@@ -53,6 +55,19 @@ def _scaler_of(g: torch.Tensor, clip_factor: float) -> torch.Tensor:
     spread = clip_factor * g.detach().std(unbiased=False)
     # A constant non-zero tensor has std 0; c*std would zero it entirely, so use max|g| there.
     return torch.where(spread > 0, spread, peak)
+
+
+def _scalers_of(flat: torch.Tensor, spans: Sequence[tuple[int, int]], clip_factor: float) -> torch.Tensor:
+    """Unchecked: ``stack([_scaler_of(flat[a:b], c) for a, b in spans])``, the same values, with
+    ``max |g|`` computed only for the tensors that need it (c == 0, one element, or ``c * std == 0``)."""
+    if clip_factor == 0:
+        return torch.stack([flat[a:b].abs().max() for a, b in spans])
+    scalers = torch.stack([clip_factor * flat[a:b].std(unbiased=False) if b - a >= 2 else flat[a:b].abs().max()
+                           for a, b in spans])
+    if not bool((scalers > 0).all()):  # rare: fall back to max|g| where c * std is 0 (or NaN)
+        peaks = torch.stack([flat[a:b].abs().max() for a, b in spans])
+        scalers = torch.where(scalers > 0, scalers, peaks)
+    return scalers
 
 
 def layer_scaler(g: torch.Tensor, clip_factor: float = DEFAULT_CLIP_FACTOR) -> torch.Tensor:
@@ -125,7 +140,20 @@ def _pack(flat: torch.Tensor) -> torch.Tensor:
     pad = (-flat.numel()) % 4
     if pad:
         flat = torch.cat([flat, flat.new_full((pad,), ZERO_CODE)])
-    quads = flat.view(-1, 4)
+    return _pack_padded(flat)
+
+
+def _pack_padded(codes: torch.Tensor) -> torch.Tensor:
+    """Unchecked: contiguous uint8 codes, length a multiple of 4 -> one byte per group of four.
+
+    On a little-endian machine a group of four codes read as one int32 has code k at bits 8k..8k+1; two
+    shift-or passes move it to bits 2k..2k+1 and the low byte is the packed byte (a third of the
+    passes of four strided byte views). Elsewhere the byte views are used."""
+    if LITTLE_ENDIAN and codes.is_contiguous() and codes.storage_offset() % 4 == 0:
+        word = codes.view(torch.int32)
+        word = word | (word >> 6)
+        return (word | (word >> 12)).to(torch.uint8)  # int32 -> uint8 keeps the low byte
+    quads = codes.view(-1, 4)
     return quads[:, 0] | (quads[:, 1] << 2) | (quads[:, 2] << 4) | (quads[:, 3] << 6)
 
 
@@ -144,10 +172,46 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return _unpack(packed, n)
 
 
+def _code_table(device: torch.device) -> torch.Tensor:
+    """(256, 4) uint8: row b holds the four 2-bit codes of byte b, code k from bits 2k..2k+1."""
+    if device not in _CODE_TABLES:
+        byte = torch.arange(256, dtype=torch.int32, device=device).unsqueeze(1)
+        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int32, device=device)
+        _CODE_TABLES[device] = ((byte >> shifts) & 3).to(torch.uint8).contiguous()
+    return _CODE_TABLES[device]
+
+
+_CODE_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
 def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
-    codes = (packed.unsqueeze(-1) >> shifts) & 3
+    """Unchecked inverse of :func:`_pack`: one table look-up per byte gives its four codes."""
+    codes = _code_table(packed.device)[packed.long()]
     return codes.flatten(-2)[..., :n]
+
+
+def _sum_levels(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Unchecked: int32 (n,) sum over the rows of ``packed`` (W, ceil(n/4)) of the levels ``code - 1``."""
+    world = packed.shape[0]
+    if world > MAX_LANE_WORKERS:
+        return (_unpack(packed, n).to(torch.int32) - ZERO_CODE).sum(0)
+    return _code_sums(packed)[:n].to(torch.int32) - ZERO_CODE * world
+
+
+def _code_sums(packed: torch.Tensor) -> torch.Tensor:
+    """Unchecked: uint8 (4 * B,) per-element sums over the W <= 127 rows of ``packed`` (W, B) of the codes.
+
+    Each byte is looked up as an int32 holding its four codes in four byte lanes (native byte order, so
+    the lanes read back in element order); the W rows are summed as int32, each lane staying below 256
+    (2 W <= 254), so no carry crosses lanes; the lane sums are read back as bytes. One look-up and
+    one sum replace W unpacked rows."""
+    lanes = _code_table(packed.device).view(torch.int32).reshape(256)
+    words = lanes.index_select(0, packed.reshape(-1).to(torch.int32)).view(packed.shape)
+    total = words[0].clone() if packed.shape[0] == 1 else words.sum(0, dtype=torch.int32)
+    return total.view(torch.uint8)
+
+
+MAX_LANE_WORKERS = 127  # 2 W codes must fit a byte lane: 2 * 127 = 254
 
 
 def message_bytes(ternary_numel: int, num_scalers: int, float_numel: int) -> int:

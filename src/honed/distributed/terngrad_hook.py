@@ -14,17 +14,24 @@ Per bucket, on every worker:
 5. decode every worker's codes, average, write into the bucket. Tensors kept in full precision
    (fewer than ``min_numel`` elements, or listed in ``float_parameters``) are all-reduced in fp32.
 
-A NaN or inf gradient on any rank makes every rank raise the same :class:`InputError` at the same
-bucket (a non-finite scaler is sent as +inf, so the MAX all-reduce of step 2 tells every rank; the
-fp32 all-reduce's sum is non-finite on every rank alike), instead of one rank raising while its peers
-wait in a collective and die with an unrelated gloo error.
+Encoding and decoding are whole-bucket tensor passes (no per-element Python, no per-worker unpack:
+see :func:`honed.distributed.terngrad._sum_levels`). Steps 1-4 run before the hook returns (the
+ternarisation needs the shared scalers); the all-gather of step 4 and the fp32 all-reduce are
+asynchronous, and step 5 runs as the Future's callback when they complete, so DDP goes on with the
+backward pass (and the next buckets) meanwhile. The result is bit-identical to computing it tensor by
+tensor (tests/distributed/test_terngrad_hook_identity.py pins it against
+:func:`honed.distributed.terngrad.aggregate_ternary`).
 
-The hook runs its collectives synchronously and returns an already-completed Future holding the
-bucket's flat gradient: simple and reliable with gloo on CPU (no overlap of the exchange with the
-rest of backward). Bytes are counted per worker per step in the state: the message this worker
-contributes (packed codes + float32 scalers + fp32 tensors), the card's "bits sent per worker"; a
-ring all-gather forwards each message to N - 1 peers, so wire traffic per link grows with N, while
-a ring all-reduce's does not - see :mod:`honed.distributed.terngrad` for the formula.
+A NaN or inf gradient on any rank makes every rank raise the same :class:`InputError` at the same
+bucket, in step 2 (a non-finite scaler, or a flag for the bucket's fp32 tensors, is sent as +inf, so
+the MAX all-reduce tells every rank; a bucket with only fp32 tensors checks the all-reduced sum, the
+same on every rank), instead of one rank raising while its peers wait in a collective and die with an
+unrelated gloo error.
+
+Bytes are counted per worker per step in the state: the message this worker contributes (packed
+codes + float32 scalers + fp32 tensors), the card's "bits sent per worker"; a ring all-gather
+forwards each message to N - 1 peers, so wire traffic per link grows with N, while a ring
+all-reduce's does not - see :mod:`honed.distributed.terngrad` for the formula.
 
 No ``from __future__ import annotations`` here: DDP inspects the hook's annotations.
 """
@@ -35,7 +42,8 @@ import torch
 import torch.distributed as dist
 
 from honed.core.errors import InputError
-from honed.distributed.terngrad import DEFAULT_CLIP_FACTOR, _pack, _scaler_of, _unpack, _levels, ZERO_CODE
+from honed.distributed.terngrad import (DEFAULT_CLIP_FACTOR, MAX_LANE_WORKERS, ZERO_CODE, _code_sums, _pack_padded,
+                                        _scalers_of, _sum_levels)
 
 
 class TernGradState:
@@ -101,32 +109,79 @@ class TernGradState:
             self._step_bytes = self._step_fp32_bytes = 0
 
 
-def _exchange_ternary(state: TernGradState, grads: list[torch.Tensor], group: Any,
-                      world: int) -> tuple[list[torch.Tensor], int]:
-    """Steps 1-5 for the ternarised tensors of one bucket; returns their averages and bytes sent."""
-    flats = [g.reshape(-1) for g in grads]
-    local = torch.stack([_scaler_of(g, state.clip_factor) for g in flats]).to(torch.float32)
-    finite_here = bool(torch.isfinite(local).all())
-    # a non-finite scaler travels as +inf: the MAX all-reduce hands it to every rank, so all of them
-    # refuse this bucket together (no extra message; NaN would not survive a MAX reliably)
-    shared = torch.where(torch.isfinite(local), local, torch.full_like(local, math.inf))
-    dist.all_reduce(shared, op=dist.ReduceOp.MAX, group=group)
-    if not bool(torch.isfinite(shared).all()):
+class _Plan:
+    """Where one bucket's ternarised and fp32 tensors lie in its flat buffer (element offsets)."""
+
+    def __init__(self, state: TernGradState, buffer: torch.Tensor, bucket: dist.GradBucket) -> None:
+        self.ternary: list[tuple[int, int]] = []
+        self.floats: list[tuple[int, int]] = []
+        start = 0
+        for p in bucket.parameters():
+            (self.ternary if state.quantizes(p) else self.floats).append((start, start + p.numel()))
+            start += p.numel()
+        self.buffer = buffer
+        self.ternary_numel = sum(b - a for a, b in self.ternary)
+
+    def gather(self, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """The buffer's ``spans`` as one flat tensor (the buffer itself when they cover it)."""
+        if spans == [(0, self.buffer.numel())]:
+            return self.buffer
+        return torch.cat([self.buffer[a:b] for a, b in spans])
+
+
+def _shared_scalers(state: TernGradState, plan: _Plan, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2: local layer-wise scalers and their MAX over the workers (one tiny all-reduce). The
+    bucket's fp32 tensors ride along as one flag (0, or +inf when any is non-finite here), so a NaN or
+    inf anywhere in the bucket on any rank makes every rank refuse it here, before any data moves."""
+    local = _scalers_of(plan.buffer, plan.ternary, state.clip_factor)
+    local = local.to(torch.float32)
+    finite_floats = all(bool(torch.isfinite(plan.buffer[a:b]).all()) for a, b in plan.floats)
+    finite_here = bool(torch.isfinite(local).all()) and finite_floats
+    # a non-finite value travels as +inf: NaN would not survive a MAX all-reduce reliably
+    message = torch.where(torch.isfinite(local), local, torch.full_like(local, math.inf))
+    if plan.floats:
+        message = torch.cat([message, message.new_full((1,), 0.0 if finite_floats else math.inf)])
+    dist.all_reduce(message, op=dist.ReduceOp.MAX, group=group)
+    if not bool(torch.isfinite(message).all()):
         raise_non_finite(finite_here)
-    state.last_local_scalers, state.last_shared_scalers = local, shared.clone()
-    generator = state.worker_generator(flats[0].device)
-    safe = torch.where(shared > 0, shared, torch.ones_like(shared))  # 0 only if g == 0 everywhere
-    codes = torch.cat([(_levels(g, s.to(g.dtype), generator) + ZERO_CODE).to(torch.uint8)
-                       for g, s in zip(flats, safe)])
-    payload = _pack(codes)
-    gathered = [torch.empty_like(payload) for _ in range(world)]
-    dist.all_gather(gathered, payload, group=group)
-    summed = (_unpack(torch.stack(gathered), codes.numel()).to(torch.int32) - ZERO_CODE).sum(0)
-    outs, start = [], 0
-    for g, s in zip(flats, shared):
-        outs.append(summed[start:start + g.numel()].to(g.dtype) * (s.to(g.dtype) / world))
-        start += g.numel()
-    return outs, payload.numel() + shared.numel() * shared.element_size()
+    return local, message[:len(plan.ternary)]
+
+
+def _encode(state: TernGradState, plan: _Plan, shared: torch.Tensor) -> torch.Tensor:
+    """Steps 3-4 over the whole bucket at once: the packed 2-bit codes of the ternarised tensors.
+
+    Draws ``u ~ U[0, s)`` tensor by tensor from the worker's generator (the same numbers, in the same
+    order, as one ``torch.rand(shape)`` per tensor), then codes ``2`` (``u < |g|``, g > 0), ``0``
+    (``u < |g|``, g < 0) or ``1`` (level 0) for every element in a few whole-bucket passes."""
+    flat = plan.gather(plan.ternary)
+    generator = state.worker_generator(flat.device)
+    safe = torch.where(shared > 0, shared, torch.ones_like(shared)).to(flat.dtype)  # 0 only if g == 0 everywhere
+    u = torch.empty_like(flat)
+    start = 0
+    for (a, b), s in zip(plan.ternary, safe):
+        u[start:start + b - a].uniform_(0, 1, generator=generator).mul_(s)
+        start += b - a
+    codes = torch.full((-(-flat.numel() // 4) * 4,), ZERO_CODE, dtype=torch.uint8, device=flat.device)
+    kept = (u < flat.abs()).view(torch.uint8)  # 1 where the element keeps its sign (bools are bytes)
+    positive = (flat > 0).view(torch.uint8)
+    # code = 2 (kept, g > 0), 0 (kept, g < 0; kept implies g != 0), 1 (dropped): (k & p) << 1 | (k ^ 1)
+    torch.bitwise_or((kept & positive) << 1, kept ^ 1, out=codes[:flat.numel()])
+    return _pack_padded(codes)
+
+
+def _decode(plan: _Plan, shared: torch.Tensor, gathered: torch.Tensor, world: int) -> None:
+    """Step 5: the average of every worker's levels, ``s / N * sum_i level_i``, written into the buffer
+    (the integer level sums are exact in floating point, so subtracting N there changes no bit)."""
+    dtype = plan.buffer.dtype
+    if world > MAX_LANE_WORKERS:
+        summed = _sum_levels(gathered, plan.ternary_numel).to(dtype)
+    else:
+        summed = _code_sums(gathered)[:plan.ternary_numel].to(dtype).sub_(ZERO_CODE * world)
+    factors = shared.to(dtype) / world
+    start = 0
+    for (a, b), factor in zip(plan.ternary, factors):
+        torch.mul(summed[start:start + b - a], factor, out=plan.buffer[a:b])
+        start += b - a
 
 
 def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -134,35 +189,60 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
     ``ddp.register_comm_hook(state, terngrad_hook)``).
 
     bucket: DDP's GradBucket whose flat buffer holds this worker's gradients (any float dtype).
-    Returns a completed Future with the flat bucket buffer overwritten by the average over workers
-    of the ternarised gradients (fp32 average for tensors kept in full precision).
+    Returns a Future of the flat bucket buffer overwritten by the average over workers of the
+    ternarised gradients (fp32 average for tensors kept in full precision). The scaler exchange and the
+    encoding run before the hook returns; the all-gather of the codes (and the fp32 all-reduce) run
+    asynchronously and the decoding runs when they complete, while DDP goes on with the backward pass.
     """
     group = state.process_group if state.process_group is not None else dist.group.WORLD
     world = dist.get_world_size(group)
     buffer = bucket.buffer()
-    grads, params = bucket.gradients(), bucket.parameters()
-    keep = [state.quantizes(p) for p in params]
-    sent = 0
-    ternary = [g for g, k in zip(grads, keep) if k]
-    if ternary:
-        averaged, sent = _exchange_ternary(state, ternary, group, world)
-        for g, avg in zip(ternary, averaged):
-            g.copy_(avg.view_as(g))
-    floats = [g for g, k in zip(grads, keep) if not k]
-    if floats:
-        flat = torch.cat([g.reshape(-1) for g in floats])
-        finite_here = bool(torch.isfinite(flat).all())
-        dist.all_reduce(flat, group=group)
-        if not bool(torch.isfinite(flat).all()):  # the sum is the same on every rank: all refuse alike
-            raise_non_finite(finite_here)
-        flat.div_(world)
-        start = 0
-        for g in floats:
-            g.copy_(flat[start:start + g.numel()].view_as(g))
-            start += g.numel()
-        sent += flat.numel() * flat.element_size()
-    _write_back(buffer, grads)
+    plan = _Plan(state, buffer, bucket)
+    if not plan.ternary:
+        return _float_only(state, plan, group, world, bucket.is_last())
+    local, shared = _shared_scalers(state, plan, group)
+    state.last_local_scalers, state.last_shared_scalers = local, shared.clone()
+    payload = _encode(state, plan, shared)
+    gathered = torch.empty((world, payload.numel()), dtype=torch.uint8, device=payload.device)
+    futures = [dist.all_gather(list(gathered.unbind(0)), payload, group=group, async_op=True).get_future()]
+    floats = plan.gather(plan.floats) if plan.floats else None
+    if floats is not None:
+        futures.append(dist.all_reduce(floats, group=group, async_op=True).get_future())
+    sent = payload.numel() + shared.numel() * shared.element_size()
+    sent += 0 if floats is None else floats.numel() * floats.element_size()
     state.count(sent, 4 * buffer.numel(), bucket.is_last())
+
+    def finish(_: Any) -> torch.Tensor:
+        _decode(plan, shared, gathered, world)
+        if floats is not None:
+            floats.div_(world)
+            _scatter(plan, plan.floats, floats)
+        return buffer
+
+    waiting = futures[0] if len(futures) == 1 else torch.futures.collect_all(futures)
+    return waiting.then(finish)
+
+
+def _scatter(plan: _Plan, spans: list[tuple[int, int]], flat: torch.Tensor) -> None:
+    """Copy ``flat`` back into the buffer's ``spans`` (nothing to do when it is the buffer)."""
+    if flat.data_ptr() == plan.buffer.data_ptr():
+        return
+    start = 0
+    for a, b in spans:
+        plan.buffer[a:b].copy_(flat[start:start + b - a])
+        start += b - a
+
+
+def _float_only(state: TernGradState, plan: _Plan, group: Any, world: int,
+                last: bool) -> torch.futures.Future[torch.Tensor]:
+    """A bucket with no ternarised tensor: fp32 all-reduce, refused alike on every rank if non-finite."""
+    buffer = plan.buffer
+    finite_here = bool(torch.isfinite(buffer).all())
+    dist.all_reduce(buffer, group=group)
+    if not bool(torch.isfinite(buffer).all()):  # the sum is the same on every rank: all refuse alike
+        raise_non_finite(finite_here)
+    buffer.div_(world)
+    state.count(buffer.numel() * buffer.element_size(), 4 * buffer.numel(), last)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     future.set_result(buffer)
     return future
@@ -173,13 +253,3 @@ def raise_non_finite(finite_here: bool) -> None:
     where = "another rank's (this rank's are finite)" if finite_here else "this rank's"
     raise InputError(f"terngrad_hook: a gradient in this bucket is NaN or inf on at least one rank ({where}); "
                      "every rank refuses the step here instead of averaging it")
-
-
-def _write_back(buffer: torch.Tensor, grads: list[torch.Tensor]) -> None:
-    """Copy per-tensor results into the flat buffer unless ``grads`` already are views of it."""
-    start = 0
-    for g in grads:
-        segment = buffer[start:start + g.numel()]
-        if segment.data_ptr() != g.data_ptr():
-            segment.copy_(g.reshape(-1))
-        start += g.numel()
