@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from honed.core.evidence import Term, estimate, judge, smax, smin
+from honed.core.evidence import Const, Term, attainable_range, estimate, judge, smax, smin
 from honed.core.experiment import Claim, Invariant, Precondition, Result
 
 
@@ -48,6 +48,26 @@ def test_bootstrap_is_reproducible_for_the_same_key():
     outcomes = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     term = Term("acc", (outcomes.mean(),), (outcomes,))
     assert estimate(term, key="x").interval == estimate(term, key="x").interval
+
+
+def test_a_seed_t_widening_never_leaves_the_values_an_accuracy_can_take():
+    # three seeds of 4 images: accuracies 1.0, 0.25, 1.0 -> t half width ~1.08 around 0.75 would reach 1.83
+    outcomes = (np.ones(4), np.array([1.0, 0.0, 0.0, 0.0]), np.ones(4))
+    acc = Term("acc", tuple(float(o.mean()) for o in outcomes), outcomes)
+    est = estimate(acc, key="clip")
+    assert est.interval[1] == 1.0 and est.interval[0] >= 0.0
+    assert "within the values it can take" in est.method
+
+
+def test_attainable_range_by_interval_arithmetic():
+    acc = Term("a", (0.5,), (np.array([0.0, 1.0]),))
+    other = Term("b", (0.5,), (np.array([0.0, 1.0]),))
+    assert attainable_range(acc - other) == (-1.0, 1.0)
+    assert attainable_range(2 * acc + 1) == (1.0, 3.0)
+    assert attainable_range(abs(acc - other)) == (0.0, 1.0)
+    assert attainable_range(smax(acc, Const(0.3))) == (0.3, 1.0)
+    assert attainable_range(acc / other) == (-math.inf, math.inf)  # divisor range holds 0
+    assert attainable_range(Term("t", (1.0, 2.0))) == (-math.inf, math.inf)  # no outcomes: unbounded
 
 
 def test_min_max_and_abs_evaluate_elementwise():

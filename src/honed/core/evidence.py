@@ -13,7 +13,7 @@ seed and, where the experiment kept them, per test example) with ordinary arithm
   same number of examples, so arms are compared example by example) and, with two or more seeds, the
   seeds with replacement (one draw shared by every term); the interval is the 2.5-97.5 percentile of
   the replicated statistic. With three or more seeds it is widened to also cover the seed-t interval
-  below, so neither source of variation is under-counted.
+  below, so neither source of variation is under-counted, and clipped to :func:`attainable_range`.
 - **seed t** when some term has no per-example outcomes and the run has at least ``MIN_SEEDS_FOR_T``
   seeds: the statistic per seed, value +- t(0.975, S-1) * sd / sqrt(S).
 - **exact** for a value measured once with no sampling error (a byte count, a modelled op count): the
@@ -133,6 +133,48 @@ def smax(*stats: Stat | float) -> Stat:
     return Apply(lambda *a: np.maximum.reduce(np.broadcast_arrays(*a)), args, "max")
 
 
+def attainable_range(stat: Stat) -> tuple[float, float]:
+    """The values ``stat`` can take at all: a term with per-example outcomes is a mean of them, so it
+    lies within their min and max (0/1 outcomes: [0, 1]); constants are themselves; + - * /, unary
+    minus, abs, min and max combine ranges by interval arithmetic; anything else is unbounded. A seed-t
+    widening is clipped to this range (an accuracy interval never reaches above 1)."""
+    unbounded = (-math.inf, math.inf)
+    if isinstance(stat, Const):
+        return (stat.value, stat.value)
+    if isinstance(stat, Term):
+        if not stat.outcomes or not all(len(o) for o in stat.outcomes):
+            return unbounded
+        values = np.concatenate([np.asarray(o, dtype=float).ravel() for o in stat.outcomes])
+        return (float(values.min()), float(values.max())) if np.all(np.isfinite(values)) else unbounded
+    if not isinstance(stat, Apply):
+        return unbounded
+    ranges = [attainable_range(a) for a in stat.args]
+    if stat.symbol in ("min", "max"):
+        pick = min if stat.symbol == "min" else max
+        return (pick(r[0] for r in ranges), pick(r[1] for r in ranges))
+    if len(ranges) == 1:
+        (lo, hi), = ranges
+        if stat.symbol == "-":
+            return (-hi, -lo)
+        if stat.symbol == "abs":
+            return (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
+        return unbounded
+    if len(ranges) != 2 or stat.symbol not in "+-*/":
+        return unbounded
+    (a, b), (c, d) = ranges
+    if stat.symbol == "+":
+        return (a + c, b + d)
+    if stat.symbol == "-":
+        return (a - d, b - c)
+    if stat.symbol == "/" and c <= 0 <= d:
+        return unbounded
+    if stat.symbol == "/":
+        c, d = 1 / d, 1 / c
+    with np.errstate(all="ignore"):
+        corners = [x * y for x in (a, b) for y in (c, d)]
+    return unbounded if any(math.isnan(v) for v in corners) else (min(corners), max(corners))
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A statistic's value, its 95% interval (None when it has none), how the interval was computed,
@@ -219,8 +261,9 @@ def _bootstrap_estimate(stat: Stat, terms: list[Term], point: float, seeds: int,
     lo, hi = min(lo, point), max(hi, point)
     if seeds >= MIN_SEEDS_FOR_T:
         t_lo, t_hi = seed_t_interval(stat, point, seeds)
-        lo, hi = min(lo, t_lo), max(hi, t_hi)
-        method += f", widened to cover t over {seeds} seeds"
+        floor, ceiling = attainable_range(stat)
+        lo, hi = max(min(lo, t_lo), floor), min(max(hi, t_hi), ceiling)
+        method += f", widened to cover t over {seeds} seeds (within the values it can take)"
     return Estimate(point, (lo, hi), method)
 
 
