@@ -189,3 +189,15 @@ def test_summed_levels_of_packed_rows_equal_the_unpacked_sum(n, world, seed):
     packed = torch.stack([pack_2bit(row) for row in codes])
     expected = (codes.to(torch.int32) - 1).sum(0)
     assert torch.equal(_sum_levels(packed, n), expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(quads=st.integers(1, 12), seed=st.integers(0, 2 ** 16), offset=st.sampled_from([0, 1]))
+def test_word_wise_pack_of_two_masks_equals_pack_2bit_of_the_codes(quads, seed, offset):
+    """code = 1 + kept_positive - kept_negative, packed four bools at a time (offset 1: a mask that does not
+    start on a 4-byte boundary takes the byte-wise path)."""
+    from honed.distributed.terngrad import _pack_signed_pair
+
+    levels = torch.randint(-1, 2, (offset + 4 * quads,), generator=torch.Generator().manual_seed(seed))[offset:]
+    packed = _pack_signed_pair(levels > 0, levels < 0)
+    assert torch.equal(packed, pack_2bit(levels + 1))

@@ -172,6 +172,30 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return _unpack(packed, n)
 
 
+def _pack_signed_pair(kept_positive: torch.Tensor, kept_negative: torch.Tensor,
+                      words: torch.Tensor | None = None, shifted: torch.Tensor | None = None) -> torch.Tensor:
+    """Unchecked: packed codes from two disjoint bool masks of a length divisible by 4 (padding False).
+
+    code = ``1 + kept_positive - kept_negative`` (2, 0, or 1 for level 0), computed on four bools at a
+    time (an int32 word of four byte lanes, each lane's result in {0, 1, 2}: no carry or borrow crosses
+    lanes), then packed like :func:`_pack_padded`. ``words`` / ``shifted`` (int32, a quarter of the
+    length) are optional reused work buffers."""
+    aligned = kept_positive.storage_offset() % 4 == 0 and kept_negative.storage_offset() % 4 == 0
+    if not (LITTLE_ENDIAN and aligned):
+        codes = kept_positive.view(torch.uint8) + ZERO_CODE - kept_negative.view(torch.uint8)
+        return _pack_padded(codes)
+    positive = kept_positive.view(torch.uint8).view(torch.int32)
+    negative = kept_negative.view(torch.uint8).view(torch.int32)
+    words = torch.empty_like(positive) if words is None else words
+    shifted = torch.empty_like(positive) if shifted is None else shifted
+    torch.add(positive, ZERO_CODE * 0x01010101, out=words)
+    words.sub_(negative)
+    for shift in (6, 12):  # code k of a word: bits 8k..8k+1 -> 2k..2k+1 (see _pack_padded)
+        torch.bitwise_right_shift(words, shift, out=shifted)
+        words.bitwise_or_(shifted)
+    return words.to(torch.uint8)  # int32 -> uint8 keeps the low byte
+
+
 def _code_table(device: torch.device) -> torch.Tensor:
     """(256, 4) uint8: row b holds the four 2-bit codes of byte b, code k from bits 2k..2k+1."""
     if device not in _CODE_TABLES:
@@ -198,16 +222,25 @@ def _sum_levels(packed: torch.Tensor, n: int) -> torch.Tensor:
     return _code_sums(packed)[:n].to(torch.int32) - ZERO_CODE * world
 
 
-def _code_sums(packed: torch.Tensor) -> torch.Tensor:
+def _code_sums(packed: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Unchecked: uint8 (4 * B,) per-element sums over the W <= 127 rows of ``packed`` (W, B) of the codes.
 
     Each byte is looked up as an int32 holding its four codes in four byte lanes (native byte order, so
     the lanes read back in element order); the W rows are summed as int32, each lane staying below 256
     (2 W <= 254), so no carry crosses lanes; the lane sums are read back as bytes. One look-up and
-    one sum replace W unpacked rows."""
+    one sum replace W unpacked rows. ``work``: optional reused int32 buffers (index (W*B,), looked-up
+    words (W*B,), total (B,))."""
+    world, width = packed.shape
     lanes = _code_table(packed.device).view(torch.int32).reshape(256)
-    words = lanes.index_select(0, packed.reshape(-1).to(torch.int32)).view(packed.shape)
-    total = words[0].clone() if packed.shape[0] == 1 else words.sum(0, dtype=torch.int32)
+    if work is None:
+        index, words, total = (torch.empty(world * width, dtype=torch.int32, device=packed.device),
+                               torch.empty(world * width, dtype=torch.int32, device=packed.device),
+                               torch.empty(width, dtype=torch.int32, device=packed.device))
+    else:
+        index, words, total = work
+    index.copy_(packed.reshape(-1))
+    torch.index_select(lanes, 0, index, out=words)
+    torch.sum(words.view(world, width), 0, dtype=torch.int32, out=total)
     return total.view(torch.uint8)
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from honed.core.errors import InputError
-from honed.distributed.terngrad import (DEFAULT_CLIP_FACTOR, MAX_LANE_WORKERS, ZERO_CODE, _code_sums, _pack_padded,
+from honed.distributed.terngrad import (DEFAULT_CLIP_FACTOR, MAX_LANE_WORKERS, ZERO_CODE, _code_sums, _pack_signed_pair,
                                         _scalers_of, _sum_levels)
 
 
@@ -82,6 +82,7 @@ class TernGradState:
         self._step_fp32_bytes = 0
         self.last_local_scalers = torch.empty(0)
         self.last_shared_scalers = torch.empty(0)
+        self.scratch: dict[int, tuple] = {}  # bucket index -> (layout, work buffers) of the hook
 
     @property
     def bytes_per_step(self) -> float:
@@ -129,6 +130,31 @@ class _Plan:
         return torch.cat([self.buffer[a:b] for a, b in spans])
 
 
+class _Scratch:
+    """Work buffers of one bucket, reused every step: a fresh multi-megabyte tensor costs page faults on
+    every allocation, more than the pass that fills it. About 7 bytes per ternarised fp32 element."""
+
+    def __init__(self, n: int, world: int, like: torch.Tensor) -> None:
+        padded, device = -(-n // 4) * 4, like.device
+        self.uniform = torch.empty(n, dtype=like.dtype, device=device)  # later the decoded level sums
+        self.kept_positive = torch.zeros(padded, dtype=torch.bool, device=device)  # padding stays False
+        self.kept_negative = torch.zeros(padded, dtype=torch.bool, device=device)
+        self.words = torch.empty(padded // 4, dtype=torch.int32, device=device)
+        self.shifted = torch.empty_like(self.words)
+        self.gathered = torch.empty((world, padded // 4), dtype=torch.uint8, device=device)
+        self.lookup = tuple(torch.empty(size, dtype=torch.int32, device=device)
+                            for size in (world * padded // 4, world * padded // 4, padded // 4))
+
+
+def _scratch(state: TernGradState, bucket: dist.GradBucket, n: int, world: int, like: torch.Tensor) -> _Scratch:
+    """The bucket's work buffers, replaced when its layout changes (DDP rebuilds its buckets once)."""
+    key = (n, world, like.dtype, like.device)
+    held = state.scratch.get(bucket.index())
+    if held is None or held[0] != key:
+        held = state.scratch[bucket.index()] = (key, _Scratch(n, world, like))
+    return held[1]
+
+
 def _shared_scalers(state: TernGradState, plan: _Plan, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-2: local layer-wise scalers and their MAX over the workers (one tiny all-reduce). The
     bucket's fp32 tensors ride along as one flag (0, or +inf when any is non-finite here), so a NaN or
@@ -147,37 +173,37 @@ def _shared_scalers(state: TernGradState, plan: _Plan, group: Any) -> tuple[torc
     return local, message[:len(plan.ternary)]
 
 
-def _encode(state: TernGradState, plan: _Plan, shared: torch.Tensor) -> torch.Tensor:
+def _encode(state: TernGradState, plan: _Plan, shared: torch.Tensor, work: _Scratch) -> torch.Tensor:
     """Steps 3-4 over the whole bucket at once: the packed 2-bit codes of the ternarised tensors.
 
     Draws ``u ~ U[0, s)`` tensor by tensor from the worker's generator (the same numbers, in the same
-    order, as one ``torch.rand(shape)`` per tensor), then codes ``2`` (``u < |g|``, g > 0), ``0``
-    (``u < |g|``, g < 0) or ``1`` (level 0) for every element in a few whole-bucket passes."""
+    order, as one ``torch.rand(shape)`` per tensor). An element keeps its sign when ``u < |g|``, i.e.
+    ``u < g`` (then g > 0: code 2) or ``g < -u`` (then g < 0: code 0), else it is level 0 (code 1): two
+    comparisons on the bucket, written into reused masks, then a word-wise pack."""
     flat = plan.gather(plan.ternary)
+    n = flat.numel()
     generator = state.worker_generator(flat.device)
     safe = torch.where(shared > 0, shared, torch.ones_like(shared)).to(flat.dtype)  # 0 only if g == 0 everywhere
-    u = torch.empty_like(flat)
+    u = work.uniform
     start = 0
     for (a, b), s in zip(plan.ternary, safe):
         u[start:start + b - a].uniform_(0, 1, generator=generator).mul_(s)
         start += b - a
-    codes = torch.full((-(-flat.numel() // 4) * 4,), ZERO_CODE, dtype=torch.uint8, device=flat.device)
-    kept = (u < flat.abs()).view(torch.uint8)  # 1 where the element keeps its sign (bools are bytes)
-    positive = (flat > 0).view(torch.uint8)
-    # code = 2 (kept, g > 0), 0 (kept, g < 0; kept implies g != 0), 1 (dropped): (k & p) << 1 | (k ^ 1)
-    torch.bitwise_or((kept & positive) << 1, kept ^ 1, out=codes[:flat.numel()])
-    return _pack_padded(codes)
+    torch.lt(u, flat, out=work.kept_positive[:n])
+    torch.lt(flat, u.neg_(), out=work.kept_negative[:n])
+    return _pack_signed_pair(work.kept_positive, work.kept_negative, work.words, work.shifted)
 
 
-def _decode(plan: _Plan, shared: torch.Tensor, gathered: torch.Tensor, world: int) -> None:
+def _decode(plan: _Plan, shared: torch.Tensor, work: _Scratch, world: int) -> None:
     """Step 5: the average of every worker's levels, ``s / N * sum_i level_i``, written into the buffer
     (the integer level sums are exact in floating point, so subtracting N there changes no bit)."""
-    dtype = plan.buffer.dtype
+    n = plan.ternary_numel
     if world > MAX_LANE_WORKERS:
-        summed = _sum_levels(gathered, plan.ternary_numel).to(dtype)
+        summed = _sum_levels(work.gathered, n).to(plan.buffer.dtype)
     else:
-        summed = _code_sums(gathered)[:plan.ternary_numel].to(dtype).sub_(ZERO_CODE * world)
-    factors = shared.to(dtype) / world
+        summed = work.uniform[:n]
+        summed.copy_(_code_sums(work.gathered, work.lookup)[:n]).sub_(ZERO_CODE * world)
+    factors = shared.to(plan.buffer.dtype) / world
     start = 0
     for (a, b), factor in zip(plan.ternary, factors):
         torch.mul(summed[start:start + b - a], factor, out=plan.buffer[a:b])
@@ -202,9 +228,9 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
         return _float_only(state, plan, group, world, bucket.is_last())
     local, shared = _shared_scalers(state, plan, group)
     state.last_local_scalers, state.last_shared_scalers = local, shared.clone()
-    payload = _encode(state, plan, shared)
-    gathered = torch.empty((world, payload.numel()), dtype=torch.uint8, device=payload.device)
-    futures = [dist.all_gather(list(gathered.unbind(0)), payload, group=group, async_op=True).get_future()]
+    work = _scratch(state, bucket, plan.ternary_numel, world, buffer)
+    payload = _encode(state, plan, shared, work)
+    futures = [dist.all_gather(list(work.gathered.unbind(0)), payload, group=group, async_op=True).get_future()]
     floats = plan.gather(plan.floats) if plan.floats else None
     if floats is not None:
         futures.append(dist.all_reduce(floats, group=group, async_op=True).get_future())
@@ -213,7 +239,7 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
     state.count(sent, 4 * buffer.numel(), bucket.is_last())
 
     def finish(_: Any) -> torch.Tensor:
-        _decode(plan, shared, gathered, world)
+        _decode(plan, shared, work, world)
         if floats is not None:
             floats.div_(world)
             _scatter(plan, plan.floats, floats)
