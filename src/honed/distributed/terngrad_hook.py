@@ -56,7 +56,8 @@ class TernGradState:
     gradients stay fp32 whatever their size - pass the last layer's to reproduce ``--quantize_logits
     False``. seed: the worker with global rank r draws from a generator seeded with (seed, r).
 
-    Counters (per worker): ``steps``, ``bytes_sent`` (all steps), ``last_step_bytes``,
+    Counters (per worker; the 4-byte non-finite flag a bucket with fp32 tensors adds to the scaler
+    all-reduce is not counted): ``steps``, ``bytes_sent`` (all steps), ``last_step_bytes``,
     ``fp32_bytes_per_step`` (what plain fp32 all-reduce of the same buckets sends: 4 bytes/element),
     ``last_local_scalers`` / ``last_shared_scalers`` of the most recent bucket (for inspection).
     """
