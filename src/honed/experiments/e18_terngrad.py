@@ -301,8 +301,9 @@ class TernGradExperiment(Experiment):
     components = ("honed.distributed.terngrad_hook:terngrad_hook", "honed.distributed.terngrad_hook:TernGradState")
     reconstructed = (
         "scaler fallback to max|g| when c*std(g) is 0 (a constant tensor); the paper has no rule",
-        "DDP hook: collectives run synchronously inside the hook (no overlap); all-gather of packed codes "
-        "stands in for the paper's parameter server",
+        "DDP hook: the shared-scaler all-reduce runs synchronously inside the hook (encoding needs it); the "
+        "all-gather of packed codes runs asynchronously, decoded in its future's callback, and stands in for "
+        "the paper's parameter server",
         "global-scaler variant uses the same rule as layer-wise (c*std, c=global_clip_factor) over the "
         "whole model's gradient",
     )
