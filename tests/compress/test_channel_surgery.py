@@ -7,7 +7,7 @@ from torch import nn
 
 from honed.compress.channel_surgery import (channel_importance, find_channel_groups, fold_channel_scale,
                                             keep_top, layer_costs, macs_from_counts, remove_channels,
-                                            trace_channels, uniform_keep_for_macs)
+                                            round_keep_down, trace_channels, uniform_keep_for_macs)
 from honed.core.errors import InputError
 from honed.core.measure import count_macs
 from honed.models import create_model
@@ -218,3 +218,16 @@ def test_channel_importance_follows_the_model_device():
     assert torch.equal(on_cpu, torch.rand(4, generator=cpu_generator(1)))
     model.to(META)
     assert_on(META, channel_importance(model, group, "random", cpu_generator(1)), channel_importance(model, group))
+
+
+def test_round_keep_down_keeps_the_strongest_multiple_of_the_block():
+    scores = {"a": torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3, 0.8]), "b": torch.tensor([1.0, 2.0, 3.0])}
+    keep = {"a": torch.tensor([0, 2, 3, 4, 5]), "b": torch.tensor([1, 2])}
+    rounded = round_keep_down(keep, scores, 4)
+    # a: 5 kept -> 4, channel 4 (score 0.3, the weakest kept) goes; b: 2 < 4 stays as it is
+    assert rounded["a"].tolist() == [0, 2, 3, 5] and rounded["b"].tolist() == [1, 2]
+    assert round_keep_down(keep, scores, 1)["a"].tolist() == [0, 2, 3, 4, 5]
+    with pytest.raises(InputError, match="block"):
+        round_keep_down(keep, scores, 0)
+    with pytest.raises(InputError, match="no scores"):
+        round_keep_down({"c": torch.tensor([0])}, scores, 2)

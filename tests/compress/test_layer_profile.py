@@ -63,7 +63,9 @@ def test_layer_macs_by_hand_and_with_channel_blocks():
     macs = layer_macs(model, torch.randn(2, 3, 4, 4))
     assert macs == {"0": 2 * 16 * 5 * 3 * 9, "2": 2 * 2 * 80}
     blocked = layer_macs(model, torch.randn(2, 3, 4, 4), channel_block=16)
-    assert blocked == {"0": 2 * 16 * 16 * 16 * 9, "2": 2 * 2 * 80}
+    assert blocked == {"0": 2 * 16 * 16 * 3 * 9, "2": 2 * 2 * 80}  # 3 inputs (< 16) stay unpadded, 5 outputs -> 16
+    wide = layer_macs(nn.Conv2d(18, 20, 1), torch.randn(1, 18, 2, 2), channel_block=16)
+    assert wide == {"": 4 * 32 * 32}
     depthwise = layer_macs(nn.Conv2d(4, 4, 3, groups=4), torch.randn(1, 4, 5, 5))
     assert depthwise == {"": 9 * 4 * 9}
 

@@ -27,7 +27,7 @@ from honed.core.seed import draw_device
 
 __all__ = ["ChannelGroup", "ChannelTrace", "Consumer", "LayerCost", "Producer", "channel_importance", "positions_of",
            "find_channel_groups", "fold_channel_scale", "keep_top", "layer_costs", "macs_from_counts",
-           "remove_channels", "trace_channels", "uniform_keep_for_macs"]
+           "remove_channels", "round_keep_down", "trace_channels", "uniform_keep_for_macs"]
 
 
 # ----------------------------------------------------------------------------- MACs from counts
@@ -229,6 +229,27 @@ def remove_channels(model: nn.Module, groups: list[ChannelGroup], keep: dict[str
         if group.name in keep:
             group.channels = len(keep[group.name])
     return model
+
+
+def round_keep_down(keep: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+                    block: int) -> dict[str, torch.Tensor]:
+    """Keep-sets cut down to kernel-friendly widths: each set of at least ``block`` channels keeps its
+    ``block * (len // block)`` highest-``scores`` members (sorted indices), narrower sets stay as they
+    are. A pruning OPTION (it removes channels the pruner kept), reported beside a claim, never its
+    default. ``scores[name]``: one score per channel of the group (e.g. |gate|)."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise InputError(f"block must be an integer >= 1, got {block!r}")
+    out = {}
+    for name, index in keep.items():
+        index = torch.as_tensor(index, dtype=torch.long).flatten().cpu()
+        if name not in scores:
+            raise InputError(f"no scores for channel group '{name}'")
+        if len(index) < block:
+            out[name] = index.sort().values
+            continue
+        strength = torch.as_tensor(scores[name]).detach().flatten().cpu()[index]
+        out[name] = index[strength.topk(len(index) // block * block).indices].sort().values
+    return out
 
 
 # ----------------------------------------------------------------------------- magnitude baseline

@@ -138,9 +138,11 @@ def operator_times(models: dict[str, nn.Module], example: torch.Tensor, rounds: 
 def layer_macs(model: nn.Module, example: torch.Tensor, channel_block: int = 1) -> dict[str, int]:
     """MACs per forward of ``example`` of every leaf Conv / Linear of ``model`` (output positions times
     output channels times input channels per group times the kernel size), keyed like
-    :func:`layer_times`. ``channel_block`` > 1 rounds a conv's input and output channel counts up to a
-    multiple of it first: what a kernel that stores channels in blocks of that size computes (oneDNN's
-    AVX-512 convolutions block by 16, padding the rest with zeros); Linear layers are counted as they are."""
+    :func:`layer_times`. ``channel_block`` > 1 models a kernel that stores channels in blocks of that
+    size, padded with zeros: a conv's output channels are rounded up to a multiple of it, and so are its
+    input channels when there are at least ``channel_block`` of them (oneDNN's AVX-512 convolutions, by
+    their verbose log on an EPYC: 24 -> 25 channels ran on 16-blocked source and destination, 5 -> 8
+    channels on a plain source and a 16-blocked destination). Linear layers are counted as they are."""
     _check({"model": model}, example)
     channel_block = check_count(channel_block, "channel_block")
     macs: dict[str, int] = {}
@@ -152,7 +154,8 @@ def layer_macs(model: nn.Module, example: torch.Tensor, channel_block: int = 1) 
                 n = out.numel() * module.in_features
             else:
                 depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-                c_in = 1 if depthwise else up(module.in_channels // module.groups)
+                c_in = module.in_channels // module.groups
+                c_in = 1 if depthwise else (up(c_in) if c_in >= channel_block else c_in)
                 c_out = module.out_channels if depthwise else up(module.out_channels)
                 positions = out.numel() // module.out_channels
                 n = positions * c_out * c_in * module.weight[0, 0].numel()
