@@ -254,46 +254,46 @@ def gdp_models(quick: bool, seed: int, block: int) -> tuple[dict, dict, object]:
     return models, acc, test
 
 
-def run_gdp(args) -> dict:
-    models, acc, test = gdp_models(args.quick, args.seed, args.round_block)
-    x = test.x[:1].expand(BATCH, *test.x.shape[1:]).contiguous()
+def timing_details(times: dict, faults: dict, args) -> dict:
+    """The measurement settings and per-model latency spreads (ms per forward, both clocks) of a run."""
+    return {"latency_ms": {n: {c: spread([1e3 * t / args.repeats for t in v]) for c, v in by.items()}
+                           for n, by in times.items()},
+            "page_faults_per_forward": faults, "allocator": args.allocator, "rounds": args.rounds,
+            "repeats": args.repeats, "batch": BATCH, "quick": args.quick}
+
+
+def measure_gdp(models: dict, acc: dict, x_check: torch.Tensor, args, folder: Path = RESULTS) -> dict:
+    """Time every export of ``models`` ({"dense", "gdp", peers...}) at batch 64 of ``x_check[:1]``,
+    print ratios and profile, write prune_gdp_speedup_b64.json to ``folder``; returns the details."""
+    x = x_check[:1].expand(BATCH, *x_check.shape[1:]).contiguous()
     variants = exports(models)
-    gaps = {n: max_output_gap(models[n], variants[f"{n}_folded"], test.x[:256]) for n in models}
+    gaps = {n: max_output_gap(models[n], variants[f"{n}_folded"], x_check) for n in models}
     times = time_models(variants, x, args.rounds, args.repeats)
-    faults = faults_per_forward(variants, x)
-    pairs = {"gdp / dense (as exported)": ("dense", "gdp"),
-             "gdp_folded / dense_folded": ("dense_folded", "gdp_folded"),
+    pairs = {"gdp / dense (as exported)": ("dense", "gdp"), "gdp_folded / dense_folded": ("dense_folded", "gdp_folded"),
              "gdp_folded_cl / dense_folded_cl": ("dense_folded_cl", "gdp_folded_cl"),
              "gdp_folded / dense (as trained)": ("dense", "gdp_folded")}
     for name in (n for n in models if n not in ("dense", "gdp")):  # torch-pruning; the block-rounded option
         pairs[f"{name}_folded / dense_folded"] = ("dense_folded", f"{name}_folded")
         pairs[f"{name}_folded_cl / dense_folded_cl"] = ("dense_folded_cl", f"{name}_folded_cl")
-    ratios = speedups(times, pairs)
-    macs = {n: count_macs(m, x[:1]) for n, m in models.items()}
+    ratios, macs = speedups(times, pairs), {n: count_macs(m, x[:1]) for n, m in models.items()}
     widths = {n: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)] for n, m in models.items()}
     print("conv output widths: " + "; ".join(f"{n} {w}" for n, w in widths.items()))
     print(f"\nGDP (batch {BATCH}, {args.rounds} interleaved rounds of {args.repeats}): MACs of dense " +
           ", ".join(f"{n} {macs[n] / macs['dense']:.3f}" for n in models) + "; test acc " +
           ", ".join(f"{n} {a:.4f}" for n, a in acc.items()) + "; max |logit gap| folded vs not " +
           ", ".join(f"{n} {g:.1e}" for n, g in gaps.items()))
-    print("minor page faults per forward: " + ", ".join(f"{n} {f:.0f}" for n, f in faults.items()))
-    print_ratios(ratios, GDP_TARGET)
-    profile = print_profiles(models["dense"], models["gdp"], x, ("dense", "gdp"), max(3, args.rounds // 3))
-    headline = ratios[GDP_HEADLINE][JUDGED_ON]
-    if headline["median"] < GDP_TARGET:
-        print("why short: " + why_short(profile, headline["median"], GDP_TARGET))
     details = {"ratios": ratios, "macs": macs, "params": {n: count_params(m) for n, m in models.items()},
-               "test_acc": acc, "max_logit_gap_folded": gaps, "profile": profile, "page_faults_per_forward": faults,
-               "allocator": args.allocator,
-               "latency_ms": {n: {c: spread([1e3 * t / args.repeats for t in v]) for c, v in by.items()}
-                              for n, by in times.items()}, "rounds": args.rounds, "repeats": args.repeats,
-               "batch": BATCH, "quick": args.quick, "widths": widths,
-               "judged_on": f"{JUDGED_ON}, {GDP_HEADLINE}"}
-    write_result("prune_gdp_speedup_b64", headline["median"], GDP_TARGET, ">=",
-                 f"x (dense / GDP, batch 64, {JUDGED_ON} time)",
+               "test_acc": acc, "max_logit_gap_folded": gaps, "widths": widths,
+               **timing_details(times, faults_per_forward(variants, x), args)}
+    print_ratios(ratios, GDP_TARGET)
+    details["profile"] = print_profiles(models["dense"], models["gdp"], x, ("dense", "gdp"), max(3, args.rounds // 3))
+    headline = ratios[GDP_HEADLINE][JUDGED_ON]["median"]
+    if headline < GDP_TARGET:
+        print("why short: " + why_short(details["profile"], headline, GDP_TARGET))
+    write_result("prune_gdp_speedup_b64", headline, GDP_TARGET, ">=", f"x (dense / GDP, batch 64, {JUDGED_ON} time)",
                  f"{GDP_HEADLINE}: both BatchNorm-folded and channels-last (the same export), median of per-round "
                  "ratios over interleaved rounds; other exports, torch-pruning and the profile in details",
-                 details, args.threads, RESULTS)
+                 {**details, "judged_on": f"{JUDGED_ON}, {GDP_HEADLINE}"}, args.threads, folder)
     return details
 
 
@@ -317,51 +317,44 @@ def force_models(quick: bool, seed: int) -> tuple[dict, dict, object, object]:
         split_accuracy
 
 
-def run_force(args) -> dict:
-    models, ranks, test, split_accuracy = force_models(args.quick, args.seed)
-    x = test.x[:1].expand(BATCH, *test.x.shape[1:]).contiguous()
+def measure_force(models: dict, ranks: dict, accuracy, x_check: torch.Tensor, args,
+                  folder: Path = RESULTS) -> dict:
+    """Store ``models["force_lra"]``'s slower low-rank pairs as products (keep_faster_form), time dense,
+    factored and fast nets (NCHW and channels-last) at batch 64 of ``x_check[:1]``, print ratios and
+    profile, write prune_force_speedup_b64.json to ``folder``; returns the details."""
+    x = x_check[:1].expand(BATCH, *x_check.shape[1:]).contiguous()
     fast, forms = keep_faster_form(models["force_lra"], x, rounds=args.rounds, repeats=args.repeats)
-    models["force_lra_fast"] = fast.eval()
-    gap = max_output_gap(models["force_lra"], fast, test.x[:256])
-    variants = {}
-    for name, model in models.items():
-        variants[name] = model
-        variants[f"{name}_cl"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    models = {**models, "force_lra_fast": fast.eval()}
+    variants = {k: v for name, model in models.items()
+                for k, v in ((name, model), (f"{name}_cl", copy.deepcopy(model).to(memory_format=torch.channels_last)))}
     times = time_models(variants, x, args.rounds, args.repeats)
-    faults = faults_per_forward(variants, x)
-    pairs = {"force_lra / dense": ("dense", "force_lra"), "force_lra_cl / dense_cl": ("dense_cl", "force_lra_cl"),
-             "force_lra_fast / dense": ("dense", "force_lra_fast"),
-             "force_lra_fast_cl / dense_cl": ("dense_cl", "force_lra_fast_cl")}
-    ratios = speedups(times, pairs)
-    macs = {n: count_macs(m, x[:1]) for n, m in models.items()}
-    acc = {n: split_accuracy(m, test) for n, m in models.items()}
-    print(f"\nForce regularization (batch {BATCH}): ranks {ranks}; MACs force_lra "
-          f"{macs['force_lra'] / macs['dense']:.3f} "
-          f"of dense (MACs-implied ceiling {macs['dense'] / macs['force_lra']:.2f}x), force_lra_fast "
-          f"{macs['force_lra_fast'] / macs['dense']:.3f}; test acc " + ", ".join(f"{n} {a:.4f}" for n, a in acc.items())
-          + f"; max |logit gap| fast vs factored {gap:.1e}")
+    ratios = speedups(times, {f"{m}{f} / dense{f}": (f"dense{f}", f"{m}{f}")
+                              for m in ("force_lra", "force_lra_fast") for f in ("", "_cl")})
+    macs, acc = {n: count_macs(m, x[:1]) for n, m in models.items()}, {n: accuracy(m) for n, m in models.items()}
+    ceiling = macs["dense"] / macs["force_lra"]
+    details = {"ratios": ratios, "macs": macs, "test_acc": acc, "ranks": ranks, "forms": [vars(f) for f in forms],
+               "max_logit_gap_fast": max_output_gap(models["force_lra"], fast, x_check),
+               "macs_implied_ceiling": ceiling,
+               **timing_details(times, faults_per_forward(variants, x), args)}
+    print(f"\nForce regularization (batch {BATCH}): ranks {ranks}; MACs of dense: " +
+          ", ".join(f"{n} {macs[n] / macs['dense']:.3f}" for n in models) + f" (MACs-implied ceiling {ceiling:.2f}x); "
+          "test acc " + ", ".join(f"{n} {a:.4f}" for n, a in acc.items()) +
+          f"; max |logit gap| fast vs factored {details['max_logit_gap_fast']:.1e}")
     for form in forms:
         print(f"  layer {form.name}: rank {form.rank}, time(pair)/time(product) {form.pair_over_product:.3f} "
               f"[{form.q25:.3f}, {form.q75:.3f}] -> kept as {form.form}")
-    print("minor page faults per forward: " + ", ".join(f"{n} {f:.0f}" for n, f in faults.items()))
     print_ratios(ratios, FORCE_TARGET)
-    profile = print_profiles(models["dense"], models["force_lra"], x, ("dense", "force_lra"), max(3, args.rounds // 3))
-    best = FORCE_HEADLINE
-    if ratios[best][JUDGED_ON]["median"] < FORCE_TARGET:
-        print("why short: " + why_short(profile, ratios[best][JUDGED_ON]["median"], FORCE_TARGET)
+    details["profile"] = print_profiles(models["dense"], models["force_lra"], x, ("dense", "force_lra"),
+                                        max(3, args.rounds // 3))
+    headline = ratios[FORCE_HEADLINE][JUDGED_ON]["median"]
+    if headline < FORCE_TARGET:
+        print("why short: " + why_short(details["profile"], headline, FORCE_TARGET)
               + "".join(f"; {f.name}: pair/product time {f.pair_over_product:.2f}" for f in forms))
-    details = {"ratios": ratios, "macs": macs, "test_acc": acc, "ranks": ranks, "forms": [vars(f) for f in forms],
-               "max_logit_gap_fast": gap, "profile": profile, "page_faults_per_forward": faults,
-               "allocator": args.allocator, "rounds": args.rounds, "repeats": args.repeats,
-               "latency_ms": {n: {c: spread([1e3 * t / args.repeats for t in v]) for c, v in by.items()}
-                              for n, by in times.items()},
-               "macs_implied_ceiling": macs["dense"] / macs["force_lra"], "batch": BATCH, "quick": args.quick,
-               "judged_on": f"{JUDGED_ON}, {best}"}
-    write_result("prune_force_speedup_b64", ratios[best][JUDGED_ON]["median"], FORCE_TARGET, ">=",
+    write_result("prune_force_speedup_b64", headline, FORCE_TARGET, ">=",
                  f"x (dense / force-regularised LRA, batch 64, {JUDGED_ON} time)",
-                 f"{best}; median of per-round ratios over interleaved rounds; the MACs ratio bounds it at "
-                 f"{macs['dense'] / macs['force_lra']:.2f}x; per-layer profile in details", details, args.threads,
-                 RESULTS)
+                 f"{FORCE_HEADLINE}; median of per-round ratios over interleaved rounds; the MACs ratio bounds it at "
+                 f"{ceiling:.2f}x; per-layer profile in details",
+                 {**details, "judged_on": f"{JUDGED_ON}, {FORCE_HEADLINE}"}, args.threads, folder)
     return details
 
 
@@ -384,9 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"allocator: {args.allocator}")
     with torch_threads(args.threads):
         if args.part in ("gdp", "both"):
-            run_gdp(args)
+            models, acc, test = gdp_models(args.quick, args.seed, args.round_block)
+            measure_gdp(models, acc, test.x[:256], args)
         if args.part in ("force", "both"):
-            run_force(args)
+            models, ranks, test, split_accuracy = force_models(args.quick, args.seed)
+            measure_force(models, ranks, lambda m: split_accuracy(m, test), test.x[:256], args)
     return 0
 
 
