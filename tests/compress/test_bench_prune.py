@@ -3,10 +3,8 @@ shape, the judged pair present among the ratios, exports that keep the outputs (
 export, arXiv:2109.02220; low-rank pairs as products: Force Regularization, arXiv:1703.09746). No timing
 is asserted."""
 import copy
-import importlib.util
 import json
 from collections import OrderedDict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,15 +16,14 @@ from honed.compress.lowrank import decompose_model
 from honed.core.benchmark import RESULT_KEYS
 from honed.models import create_model
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_prune.py"
+from tests.benchmark_scripts import load_benchmark
+
 ARGS = SimpleNamespace(rounds=2, repeats=1, threads=1, allocator="default", quick=True)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_prune", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_prune")
     module.BATCH = 4  # a tiny batch: this checks the bookkeeping, not the speed
     return module
 

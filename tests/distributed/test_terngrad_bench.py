@@ -1,23 +1,20 @@
 """benchmarks/bench_terngrad.py (issue 15): the traffic pattern and the cost model on hand values, the
 result files' shape on synthetic rounds, and one tiny real run whose counted bytes match the wire
 formats. No timing is asserted."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from honed.core.benchmark import RESULT_KEYS
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_terngrad.py"
+from tests.benchmark_scripts import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_terngrad", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_terngrad")
     return module
 
 

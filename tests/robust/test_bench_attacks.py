@@ -1,8 +1,6 @@
 """benchmarks/bench_attacks.py writes one result file per target in honed.core.benchmark's shape
 (a tiny setting: hand-made success rows, one PGD round on a toy CNN; no timing is asserted)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +8,13 @@ from torch import nn
 
 from honed.core.benchmark import RESULT_KEYS
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attacks.py"
+from tests.benchmark_scripts import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attacks", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_attacks")
     return module
 
 
