@@ -136,3 +136,21 @@ def test_entropy_only_floor_reveals_entropy_of_first_values(crypten_single):
     assert torch.allclose(entropy_from_logits(enc).get_plain_text(), ref, atol=0.02)
     with pytest.raises(InputError):
         mpc.EntropyOnly(1)
+
+
+def test_logit_margin_uncertainty_oracle_and_mpc(crypten_single):
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.5, 2.5, 2.0], [1.0, 1.0, -1.0]])
+    plain = mpc.logit_margin_uncertainty(logits)
+    assert torch.allclose(plain, torch.tensor([-2.0, -0.5, 0.0]))  # second - top, tie at the top = 0
+    for method in ("pairwise", "log_reduction"):
+        enc = mpc.logit_margin_uncertainty(crypten_single.cryptensor(logits[:2]), method).get_plain_text()
+        assert torch.allclose(enc, plain[:2], atol=1e-2)
+    with pytest.raises(InputError, match="max_method"):
+        mpc.logit_margin_uncertainty(logits, "sort")
+    with pytest.raises(InputError, match="C >= 2"):
+        mpc.logit_margin_uncertainty(torch.zeros(3, 1))
+
+
+def test_measure_rejects_unknown_reveal():
+    with pytest.raises(InputError, match="reveal must be one of"):
+        mpc.measure_mpc_costs({"floor": mpc.EntropyOnly()}, torch.zeros(2, 16, 4), reveal="softmax")

@@ -25,6 +25,8 @@ from honed.core.errors import InputError, MissingExtraError, require_extra
 INSTALL_HINT = ("pip install 'honed[mpc]' && pip install --no-deps crypten==0.4.1 "
                 "(crypten's own requirements pull in the dead 'sklearn' package)")
 SHIM_MODULE = "torch.onnx._internal.registration"
+REVEALS = ("entropy", "margin", "logits")
+MARGIN_MASK = 1e3  # public offset that removes the top logit before the second max (logits far below it)
 
 
 def import_crypten() -> types.ModuleType:
@@ -70,6 +72,29 @@ def crypten_mlp(layers: torch.nn.Sequential) -> Any:
     return crypten.nn.Sequential(*mods)
 
 
+def logit_margin_uncertainty(logits: Any, max_method: str = "pairwise") -> Any:
+    """Margin-sampling score for SelectFormer's sieve (arXiv:2310.02373 scores by entropy; this is a
+    named cheaper option, a different criterion): z_(2) - z_(1) <= 0, the second largest logit minus the
+    largest, for logits (B, C >= 2), tensor or CrypTensor; higher = less confident. Under MPC it needs
+    two secure maxima (comparisons) and no exp / log / reciprocal. The top logit is removed by
+    subtracting ``MARGIN_MASK`` times its one-hot argmax; CrypTen's argmax marks every entry equal to the
+    maximum, so an exact tie at the top (2^-16 fixed point) scores the gap to the next distinct value
+    there, while the plaintext path scores 0. ``max_method``: CrypTen's secure max, "pairwise" (all C^2
+    comparisons at once: constant rounds, more bytes) or "log_reduction" (a tree: log2 C rounds of
+    comparisons, CrypTen's default, which the entropy's max uses)."""
+    if logits.dim() != 2 or logits.shape[-1] < 2:
+        raise InputError(f"logits must be (B, C >= 2), got {tuple(logits.shape)}")
+    if max_method not in ("pairwise", "log_reduction"):
+        raise InputError(f"max_method must be 'pairwise' or 'log_reduction', got {max_method!r}")
+    if isinstance(logits, torch.Tensor):
+        top2 = logits.topk(2, dim=-1).values
+        return top2[:, 1] - top2[:, 0]
+    with import_crypten().cfg.temp_override({"functions.max_method": max_method}):
+        top, first = logits.max(-1, keepdim=True, one_hot=True)
+        second = (logits - first * MARGIN_MASK).max(-1, keepdim=True)[0]
+    return (second - top).squeeze(-1)
+
+
 def _init_crypten_party(rank: int, world_size: int, port: int) -> Any:
     """Replace run_workers' default group by CrypTen's own (it needs its sub-groups)."""
     import torch.distributed as dist
@@ -96,6 +121,8 @@ def _measure_one(crypten: Any, model: Any, tokens: torch.Tensor, reveal: str) ->
     if reveal == "entropy":
         from honed.private.proxy_selection import entropy_from_logits
         out = entropy_from_logits(out)
+    elif reveal == "margin":
+        out = logit_margin_uncertainty(out)
     plain = out.get_plain_text()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     stats = comm.get_communication_stats()
@@ -130,7 +157,8 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
     """Real MPC cost per example of each model (SelectFormer, arXiv:2310.02373, step 6's MPC).
 
     tokens: (B, ...) float inputs shared by the data owner; B >= 1. ``reveal`` "entropy" (secret-
-    shared predictive entropy, the selection score, revealed for checking only) or "logits".
+    shared predictive entropy, the selection score, revealed for checking only), "margin" (the
+    comparison-only :func:`logit_margin_uncertainty`, a different criterion) or "logits".
     Returns {name: {seconds_per_example, bytes_per_example (bytes sent by party 0),
     comm_seconds_per_example (time inside communication calls, waiting for the peer included),
     cpu_seconds_per_example (this party's process CPU time: its local compute, whatever the host's load),
@@ -141,8 +169,8 @@ def measure_mpc_costs(models: dict[str, Any], tokens: torch.Tensor, *, reveal: s
     """
     if not isinstance(tokens, torch.Tensor) or tokens.ndim < 2 or tokens.shape[0] < 1:
         raise InputError(f"tokens must be a (B, ...) tensor with B >= 1, got {getattr(tokens, 'shape', tokens)}")
-    if reveal not in ("entropy", "logits"):
-        raise InputError(f"reveal must be 'entropy' or 'logits', got {reveal!r}")
+    if reveal not in REVEALS:
+        raise InputError(f"reveal must be one of {REVEALS}, got {reveal!r}")
     if parties < 2:
         raise InputError(f"parties must be >= 2 for a real MPC run, got {parties}")
     if not models:
