@@ -1,5 +1,5 @@
-"""28-gdp experiment (GDP, arXiv:2109.02220): the cost table's per-round speedups and the equal-budget
-dense reference."""
+"""28-gdp experiment (GDP, arXiv:2109.02220): the cost table's per-round speedups (deployed forms) and
+the equal-budget dense reference."""
 import torch
 from torch import nn
 
@@ -9,10 +9,11 @@ from honed.experiments.e28_gdp import GDPConfig, cost_table, train_dense_equal_b
 
 def test_cost_table_keeps_one_speedup_per_interleaved_round():
     models = {"dense": nn.Linear(8, 4), "small": nn.Linear(8, 2)}
-    table = cost_table(models, torch.randn(64, 8), repeats=5)
+    table = cost_table(models, torch.randn(64, 8), rounds=5)
     assert table["dense"]["speedup_b64_rounds"] == [1.0] * 5
     assert len(table["small"]["speedup_b64_rounds"]) == 5
     assert table["small"]["macs_fraction"] == 0.5
+    assert table["small"]["deployed_max_abs_logit_diff"] < 1e-6  # no BN to fold: the same function
 
 
 def test_dense_equal_budget_trains_a_copy_for_the_gated_epochs():
