@@ -145,3 +145,24 @@ def test_a_cached_result_from_other_code_is_flagged_not_recomputed(runs):
     again = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
     assert again.environment["honed_source"] == "000000000000"  # loaded, not recomputed
     assert len(lines) == 1 and "other honed code" in lines[0] and "--force" in lines[0]
+
+
+def test_pieces_written_by_other_honed_code_are_recomputed_not_mixed_in(runs):
+    run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu")
+    seed = runs / "99-toy" / "default" / "seed_0"
+    part = seed / "part_ours.json"
+    stored = json.loads(part.read_text())
+    assert stored["source"]  # every part records the honed source that wrote it
+    stored["source"], stored["value"]["acc"] = "0123456789ab", 7.0
+    from honed.core.store import value_digest
+    stored["sha256"] = value_digest(stored["value"])  # a valid file, written by other code
+    part.write_text(json.dumps(stored))
+    seed_file = seed / "seed_result.json"
+    old_seed = json.loads(seed_file.read_text())
+    old_seed["source"] = "0123456789ab"
+    seed_file.write_text(json.dumps(old_seed))
+    (runs / "99-toy" / "default" / "result_seeds_0.json").unlink()
+    lines = []
+    result = run_experiment(ToyExperiment(), ToyConfig.smoke(), "smoke", runs, "cpu", log=lines.append)
+    assert result.arms["ours"]["acc"]["mean"] == 1.0  # recomputed by this code, not the stored 7.0
+    assert sum("written by other honed code" in line and "recomputing" in line for line in lines) == 2

@@ -49,15 +49,16 @@ class RunContext:
         if path.exists():
             try:
                 stored = read_checked_json(path)
-                note_restored_seconds(read_runtime(path))
-                return stored
+                if not written_by_other_code(path, self._say):
+                    note_restored_seconds(read_runtime(path))
+                    return stored
             except CorruptFileError as err:
                 self._say(f"{err}; moved aside to {move_aside(path).name}, recomputing")
         ledger = RESTORED_SECONDS.get() or []
         before, start = sum(ledger), time.perf_counter()
         value = compute()
         spent = time.perf_counter() - start + sum(ledger) - before
-        write_checked_json(path, value, runtime_s=spent)
+        write_checked_json(path, value, runtime_s=spent, source=source_digest())
         self._say(f"seed {self.seed}: {key} done in {time.perf_counter() - start:.1f} s")
         return value
 
@@ -71,12 +72,33 @@ class RunContext:
 
 
 def read_runtime(path: Path) -> float:
+    value = stored_info(path, "runtime_s")
+    try:
+        return float(value or 0.0)
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def stored_info(path: Path, key: str) -> Any:
+    """The ``key`` written beside a checked file's value (``runtime_s``, ``source``), or None."""
     import json
 
     try:
-        return float(json.loads(path.read_text(encoding="utf-8")).get("runtime_s", 0.0))
-    except (ValueError, AttributeError, TypeError):
-        return 0.0
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def written_by_other_code(path: Path, say: Callable[[str], None]) -> bool:
+    """True (and one line said) when a stored piece of a run records another honed source digest than
+    this code's: a resumed run recomputes it rather than mix the output of two versions of honed in one
+    result. Files that record no source (written before sources were recorded) are trusted."""
+    source = stored_info(path, "source")
+    if source is None or source == source_digest():
+        return False
+    say(f"{path.name} was written by other honed code (source {source}, now {source_digest()}): recomputing")
+    return True
 
 
 def read_json(path: Path) -> Any:
@@ -225,7 +247,9 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
     file = seed_dir / "seed_result.json"
     if file.exists():
         try:
-            return SeedOutput.from_json(read_checked_json(file))
+            stored = SeedOutput.from_json(read_checked_json(file))
+            if not written_by_other_code(file, log or (lambda line: None)):
+                return stored
         except CorruptFileError as err:
             if log is not None:
                 log(f"{err}; moved aside to {move_aside(file).name}, recomputing seed {seed}")
@@ -242,7 +266,7 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
                 raise
             if log is not None:
                 log(f"{err}; moved aside to {move_aside(err.path).name}, recomputing")
-    write_checked_json(file, output.to_json())
+    write_checked_json(file, output.to_json(), source=source_digest())
     return output
 
 
