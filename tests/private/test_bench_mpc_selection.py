@@ -55,6 +55,7 @@ def test_tiny_run_writes_result_file(bench, tmp_path, capsys):
     assert set(details["entropy"]["per_example"]) == {"target", "p1", "p2", "floor"}
     assert record["ratio"] == details["entropy"]["ratios"]["ratio_delay_s"]["median"]
     assert details["sieve"]["phase_sizes"] == [240, 100] and "margin" not in details
-    if not record["holds"]:
-        assert "entropy + top-k alone" in details["reason"]
+    assert ("entropy + top-k alone" in details["reason"]) != record["holds"]
+    assert list(details)[:2] == ["reason", "median_ratios"]  # the report's first rows
+    assert details["median_ratios"]["entropy"]["ratio_delay_s"] == record["ratio"]
     assert "direct / ours" in capsys.readouterr().out
