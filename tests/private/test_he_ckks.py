@@ -75,10 +75,11 @@ def test_peer_folds_the_linear_stretches_and_matches_torch():
     assert stats["depth"] == 6 and stats["refreshes"] == stats["client_ciphertexts"] - 1 >= 1
 
 
-def test_fold_linear_of_an_affine_map():
-    layer = nn.Linear(3, 2).double()
+def test_fold_linear_of_an_affine_map(device):
+    layer = nn.Linear(3, 2).double().to(device)  # probes follow the layer's device, results come back as NumPy
     matrix, bias = fold_linear(layer, (3,))
-    assert np.allclose(matrix, layer.weight.detach().numpy().T) and np.allclose(bias, layer.bias.detach().numpy())
+    assert np.allclose(matrix, layer.weight.detach().cpu().numpy().T)
+    assert np.allclose(bias, layer.bias.detach().cpu().numpy())
 
 
 def test_clear_errors_and_ring_sizes():

@@ -45,12 +45,14 @@ class PeerLayers:
 
 
 def fold_linear(layers: nn.Module, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(M (n_in, n_out), b (n_out,)) of an affine ``layers`` on inputs of ``shape``, in float64."""
+    """(M (n_in, n_out), b (n_out,)) of an affine ``layers`` on inputs of ``shape``, in float64 NumPy (the
+    probes are built on the layers' device; the results come back to the host for TenSEAL)."""
     n = int(np.prod(shape))
+    device = next((p.device for p in layers.parameters()), torch.device("cpu"))
     with torch.no_grad():
-        zero = layers(torch.zeros(1, *shape, dtype=torch.float64)).reshape(-1)
-        basis = layers(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, -1)
-    return (basis - zero).numpy(), zero.numpy()
+        zero = layers(torch.zeros(1, *shape, dtype=torch.float64, device=device)).reshape(-1)
+        basis = layers(torch.eye(n, dtype=torch.float64, device=device).reshape(n, *shape)).reshape(n, -1)
+    return (basis - zero).cpu().numpy(), zero.cpu().numpy()
 
 
 def peer_layers(model: nn.Sequential, image_shape: tuple[int, int, int]) -> PeerLayers:
