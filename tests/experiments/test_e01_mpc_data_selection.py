@@ -17,3 +17,11 @@ def test_validation_gap_never_reads_the_test_split(monkeypatch):
     assert set(out) == {"oracle", "random", "gap"} and all(len(v) == 2 for v in out.values())
     assert all(0.0 <= a <= 1.0 for a in out["oracle"] + out["random"])
     assert out["gap"] == [o - r for o, r in zip(out["oracle"], out["random"])]
+
+
+def test_full_preset_has_a_12_block_target_and_shallower_proxies():
+    full, small = e01.MPCSelectionConfig.full(), e01.MPCSelectionConfig.small()
+    full.validate()
+    assert full.target_blocks == 12 and full.proxy_blocks == (1, 2) and full.proxy_widths == (2, 8)
+    assert all(b < full.target_blocks for b in full.proxy_blocks) and full.mpc_examples == 128
+    assert small.target_blocks == 4 and small.mpc_examples == 32 and e01.MPCSelectionConfig.smoke().target_blocks == 4

@@ -5,7 +5,8 @@ Random.
 Per seed: a tiny Transformer target (``target_blocks`` = 4 blocks, h 32, 2 heads, FFN 64) is pretrained
 on the disjoint val split (R) and adapted on D_boot (6 labeled per class). The card's reproduction names
 a 2-block target, but its algorithm step 3 builds P_i from the bottom L_i < L blocks (strictly fewer) and
-its P2 has 2 blocks, so the target is deepened to 4 to keep both proxies strictly shallower. The data
+its P2 has 2 blocks, so the target is deepened to 4 to keep both proxies strictly shallower (``full``: 12, the
+paper's BERT/ViT-base depth; see :class:`MPCSelectionConfig`). The data
 owner's pool comes from the train split, class-imbalanced (geometric class sizes) with ~30%
 near-duplicates (1-pixel shifts + noise). Proxies P1 (1 block, d 2) and P2 (2 blocks, d 8): emulators
 fitted on Gaussian synthetic inputs, then finetuned end to end on D_boot (CE + KD). Sieve: P1 keeps
@@ -20,7 +21,8 @@ target, P1, P2, the MPCFormer-like proxy and an entropy-only floor (no model) ar
 2-party MPC (two gloo processes on loopback, CrypTen) on one batch of ``mpc_examples`` pool items, and
 one batched secure comparison of the pool's entropies with a pivot is timed the same way. Batch 32:
 CrypTen's rounds are per batch, so a batch of 1-8 mostly measures per-round latency that a real sieve
-amortises over its batches; 32 is the largest batch whose target run fits the smoke/small budgets.
+amortises over its batches; 32 is the largest batch whose target run fits the smoke/small budgets (``full``
+uses 128, the batch benchmarks/bench_mpc_selection.py measured amortising rounds).
 
 Selection delays are *modelled* (``honed.private.mpc_cost``): each phase scores its inputs in MPC
 batches - measured rounds and bytes on an assumed link (``rtt_ms``, ``bandwidth_gbit``, LAN defaults)
@@ -65,6 +67,10 @@ ARMS = ("selectformer", "proxy_1phase", "mpcformer", "oracle", "random")
 
 @dataclass(frozen=True)
 class MPCSelectionConfig(ExperimentConfig):
+    """SelectFormer (arXiv:2310.02373) experiment settings. Presets: ``smoke`` (plumbing), ``small`` (the
+    defaults: a 4-block, 16-token target, MPC batch 32) and ``full`` (a 12-block target, see :meth:`full`);
+    all share the pool, budget, proxies and claims."""
+
     pool_size: int = 600
     budget: int = 100
     boot_per_class: int = 6
@@ -95,6 +101,30 @@ class MPCSelectionConfig(ExperimentConfig):
     def smoke(cls):
         return replace(cls(), pool_size=200, budget=40, pretrain_epochs=10, adapt_epochs=5, proxy_epochs=5,
                        finetune_epochs=8, emulator_steps=40, mpc_examples=8, seeds=(0,))
+
+    @classmethod
+    def full(cls):
+        """The paper's depth: a 12-block target (BERT/ViT-base; digits keep 16 tokens), the card's proxies
+        (P1 = 1 block d 2, P2 = 2 blocks d 8) and MPC batch 128; everything else as ``small``.
+
+        Why: at small's 4x16 target and batch 32 the secret-shared entropy + top-k alone caps direct / sieve
+        below the card's 10x (benchmarks/results/mpc_selection_4x16.json); the benchmark measured 12x16 above
+        it at batch 32 and 128 (mpc_selection_12x16.json, mpc_selection_12x16_b128.json; random weights, the
+        cost depends on shapes only). The 12-block target pretrains on the val split with small's epochs (a
+        check on seeds 0-1: it fits the pretraining split, its accuracy on the pool after adaptation is a few
+        points below the 4-block target's, and every LayerNorm range calibrates inside CrypTen's inv_sqrt range).
+
+        Expected cost, an ESTIMATE (not measured as a run), 2 shared cores at load ~5: about 26-32 minutes
+        for 5 seeds, i.e. ~310-390 s per seed, against small's measured 470 s (94 s per seed). How: small's
+        per-seed MPC wall = 2 runs x 32 x its measured per-example walls (target, MPCFormer-like, P1, P2,
+        entropy) ~ 29 s, the rest (~65 s) plaintext training; plaintext x 3.8 (measured time ratio of a
+        12- vs 4-block target's pretrain + adapt, seeds 0-1) ~ 250 s, an overestimate since the proxies'
+        training does not grow; MPC = 2 x 128 x (mpc_selection_12x16_b128.json's per-example walls of the
+        target, P1, P2 and entropy, + the MPCFormer-like proxy at small's measured 0.40 of the target's) ~
+        61 s, up to ~2.3x that at small's heavier measured per-example walls. Each seed's single CrypTen
+        call (measure_mpc_costs' default 300 s timeout) is then estimated at ~60-140 s.
+        """
+        return replace(cls(), target_blocks=12, proxy_blocks=(1, 2), proxy_widths=(2, 8), mpc_examples=128)
 
     def validate(self):
         if not 1 <= self.budget < self.pool_size:
@@ -221,7 +251,8 @@ class MPCDataSelectionExperiment(Experiment):
                      "target pretrained on the disjoint val split, then adapted on D_boot",
                      "card step 7: phase_labels labels bought at random from S_1 to re-finetune P2 (CE + KD on "
                      "D_boot + them) before phase 2; default 0 = off (the card gives no number)",
-                     "target deepened to target_blocks = 4 (card: 2) so both proxies are strictly shallower (step 3)",
+                     "target deepened to target_blocks = 4 in small, 12 in full (card: 2) so both proxies are strictly "
+                     "shallower (step 3)",
                      "public LayerNorm range scales of the target calibrated on D_boot (CrypTen inv_sqrt range)",
                      "the selection runs the plaintext top-k stand-in (secure_topk_standin); its MPC cost is modelled "
                      "as a QuickSelect whose partition steps are batched CrypTen comparisons with a pivot (measured "
