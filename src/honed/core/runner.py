@@ -26,7 +26,7 @@ from honed.core.experiment import Experiment, Result, SeedOutput
 from honed.core.progress import bars_allowed
 from honed.core.seed import seed_everything, source_digest, torch_threads
 from honed.core.runtime_ledger import RESTORED_SECONDS, note_restored_seconds
-from honed.core.store import move_aside, read_checked_json, write_checked_json
+from honed.core.store import move_aside, read_checked_entry, read_checked_json, write_checked_json
 
 Log = Callable[[str], None] | None
 
@@ -48,9 +48,9 @@ class RunContext:
         path = self.dir / f"part_{key}.json"
         if path.exists():
             try:
-                stored = read_checked_json(path)
-                if not written_by_other_code(path, self._say):
-                    note_restored_seconds(read_runtime(path))
+                stored, info = read_checked_entry(path)
+                if not written_by_other_code(path, info, self._say):
+                    note_restored_seconds(runtime_of(info))
                     return stored
             except CorruptFileError as err:
                 self._say(f"{err}; moved aside to {move_aside(path).name}, recomputing")
@@ -71,30 +71,20 @@ class RunContext:
             self.log(line)
 
 
-def read_runtime(path: Path) -> float:
-    value = stored_info(path, "runtime_s")
+def runtime_of(info: dict[str, Any]) -> float:
+    """The compute seconds recorded beside a stored piece (0 when none or unreadable)."""
     try:
-        return float(value or 0.0)
+        return float(info.get("runtime_s") or 0.0)
     except (ValueError, TypeError):
         return 0.0
 
 
-def stored_info(path: Path, key: str) -> Any:
-    """The ``key`` written beside a checked file's value (``runtime_s``, ``source``), or None."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
-    return data.get(key) if isinstance(data, dict) else None
-
-
-def written_by_other_code(path: Path, say: Callable[[str], None]) -> bool:
-    """True (and one line said) when a stored piece of a run records another honed source digest than
-    this code's: a resumed run recomputes it rather than mix the output of two versions of honed in one
-    result. Files that record no source (written before sources were recorded) are trusted."""
-    source = stored_info(path, "source")
+def written_by_other_code(path: Path, info: dict[str, Any], say: Callable[[str], None]) -> bool:
+    """True (and one line said) when a stored piece of a run (``info``: what was written beside its
+    value) records another honed source digest than this code's: a resumed run recomputes it rather
+    than mix the output of two versions of honed in one result. Files that record no source (written
+    before sources were recorded) are trusted."""
+    source = info.get("source")
     if source is None or source == source_digest():
         return False
     say(f"{path.name} was written by other honed code (source {source}, now {source_digest()}): recomputing")
@@ -247,8 +237,9 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
     file = seed_dir / "seed_result.json"
     if file.exists():
         try:
-            stored = SeedOutput.from_json(read_checked_json(file))
-            if not written_by_other_code(file, log or (lambda line: None)):
+            value, info = read_checked_entry(file)
+            stored = SeedOutput.from_json(value)
+            if not written_by_other_code(file, info, log or (lambda line: None)):
                 return stored
         except CorruptFileError as err:
             if log is not None:

@@ -31,6 +31,12 @@ def write_checked_json(path: str | Path, value: Any, **info: Any) -> Path:
 
 def read_checked_json(path: str | Path) -> Any:
     """The value of a file :func:`write_checked_json` wrote, its checksum verified."""
+    return read_checked_entry(path)[0]
+
+
+def read_checked_entry(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(value, info) of a file :func:`write_checked_json` wrote, its checksum verified; ``info`` holds
+    what was written beside the value (``runtime_s``, ``source``), empty for a plain JSON file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -39,8 +45,9 @@ def read_checked_json(path: str | Path) -> Any:
     if isinstance(data, dict) and data.get("format") == FORMAT:
         if value_digest(data.get("value")) != data.get("sha256"):
             raise CorruptFileError(f"{path} fails its checksum (damaged on disk)", str(path))
-        return data["value"]
-    return data
+        info = {k: v for k, v in data.items() if k not in ("format", "sha256", "value")}
+        return data["value"], info
+    return data, {}
 
 
 def move_aside(path: str | Path) -> Path:
