@@ -30,7 +30,7 @@ PRESET ?= small
 IDS ?=
 JOBS ?= 0
 
-.PHONY: run test test-cuda install bench clean wheel-check
+.PHONY: run test test-cuda install bench bench-torchvision clean wheel-check
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,10 +59,23 @@ test-cuda: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
+# The compiled torchvision.ops.nms beside PSRR (benchmarks/bench_nms.py): a second venv with a torch +
+# torchvision pair that import together (constraints-torchvision.txt, ~5.5 GB), honed installed into it.
+TV_VENV := .venv-torchvision
+TV_STAMP := $(TV_VENV)/.installed
+$(TV_STAMP): pyproject.toml constraints-torchvision.txt
+	test -x $(TV_VENV)/bin/python || $(PY) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/python -m pip install --quiet -c constraints-torchvision.txt numpy torch torchvision
+	$(TV_VENV)/bin/python -m pip install --quiet -c constraints-torchvision.txt -e .
+	touch $(TV_STAMP)
+
+bench-torchvision: $(TV_STAMP)
+	$(TV_VENV)/bin/python benchmarks/bench_nms.py
+
 # Build the wheel, install it with EXTRA (e.g. `make wheel-check EXTRA=mpc`) in a fresh venv, run `honed list`.
 EXTRA ?=
 wheel-check: $(STAMP)
 	tools/wheel_check.sh $(EXTRA)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TV_VENV) runs
