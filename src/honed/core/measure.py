@@ -33,6 +33,22 @@ def synchronize(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
+class Stopwatch:
+    """Wall and process-CPU seconds of the blocks run under it (``with clock: ...``), summed over blocks."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        self._wall_start, self._cpu_start = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.wall += time.perf_counter() - self._wall_start
+        self.cpu += time.process_time() - self._cpu_start
+        return False
+
+
 def timed(fn: Callable[[], object], device: torch.device | str | None) -> float:
     """Seconds one call of ``fn`` takes, the device synchronised before and after."""
     synchronize(device)

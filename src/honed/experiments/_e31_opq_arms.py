@@ -18,7 +18,7 @@ from honed.compress.packed_format import load_packed, write_packed
 from honed.core.atomic import atomic_write
 from honed.core.loop import Callback, correct_per_example, evaluate_classifier, train
 from honed.data import Batches, Split, create_dataset
-from honed.experiments.e03_supertickets import Stopwatch  # wall + process CPU seconds
+from honed.core.measure import Stopwatch
 from honed.models import create_model
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ conv/linear weights; MACs of one image (dense = shrunk architecture, effective =
 zero weights); median CPU latency at batch 1 and 64 of the exported plain-layer model; training epochs,
 wall and CPU seconds. Each claim names the column it is about: masks are not speed.
 """
-import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,6 +30,7 @@ from honed.core.errors import ConfigError
 from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
 from honed.core.loop import correct_per_example, split_accuracy
+from honed.core.measure import Stopwatch
 from honed.data import Batches, Split, create_dataset
 
 CHANCE, CHANCE_MARGIN = 0.1, 0.3  # 10 digit classes; an arm counts as trained above 0.4 test accuracy
@@ -106,22 +106,6 @@ def build_supernet(cfg: SuperTicketsConfig, seed: int, device) -> SuperNet:
     torch.manual_seed(seed)  # the same initial supernet for every arm of a seed
     return SuperNet(1, 10, cfg.image_size, cfg.stem_channels, tuple(cfg.block_channels), tuple(cfg.strides),
                     cfg.hidden, tuple(cfg.kernels), channels_last=True, device=device)
-
-
-class Stopwatch:
-    """Wall and CPU seconds of the blocks run under it (summed)."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = 0.0
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._w
-        self.cpu += time.process_time() - self._c
-        return False
 
 
 def warm_up(cfg: SuperTicketsConfig, device, train: Split) -> None:
