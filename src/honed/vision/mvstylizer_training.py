@@ -50,20 +50,34 @@ def fit_stylizer(model: nn.Module, frames: torch.Tensor, targets: torch.Tensor, 
         raise InputError(f"targets {tuple(targets.shape)} must match frames {tuple(frames.shape)}")
     check_count(steps, "steps", minimum=0)
     device = next(model.parameters()).device
-    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
+
+    def next_batch() -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+        x, y = (c.to(device) for c in random_crops(gen, crop, batch, frames, targets))
+        return (lambda: model(x)), y
+
+    return _fit_l1(model, optimizer or torch.optim.Adam(model.parameters(), lr=lr), steps,
+                   "fit to stylised targets", next_batch)
+
+
+def _fit_l1(module: nn.Module, opt: torch.optim.Optimizer, steps: int, label: str,
+            next_batch: Callable[[], tuple[Callable[[], torch.Tensor], torch.Tensor]]) -> list[float]:
+    """``steps`` optimiser steps of the L1 loss between ``predict()`` and ``target`` from ``next_batch()``,
+    ``module`` in training mode (set after each batch is drawn, which may run other models) and with
+    gradients on even under a caller's ``no_grad``; a progress bar; ``module`` left in eval mode.
+    Returns the loss of every step."""
     losses = []
-    with progress_bar(steps, "fit to stylised targets") as bar:
+    with progress_bar(steps, label) as bar:
         for _ in range(steps):
-            x, y = (c.to(device) for c in random_crops(gen, crop, batch, frames, targets))
-            with torch.enable_grad():  # trains even when called under a caller's no_grad
-                loss = F.l1_loss(model(x), y)
+            predict, target = next_batch()
+            module.train()
+            with torch.enable_grad():
+                loss = F.l1_loss(predict(), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
             bar.advance()
-    model.eval()
+    module.eval()
     return losses
 
 
@@ -89,25 +103,17 @@ def train_meta_upscaler(upscaler: MetaUpscaler, stylizer: Callable, frames: torc
     if not 1 <= lo <= hi:
         raise InputError(f"scale_range must satisfy 1 <= low <= high, got {scale_range}")
     device = next(upscaler.parameters()).device
-    opt = torch.optim.Adam(upscaler.parameters(), lr=lr)
-    losses = []
-    with progress_bar(steps, "meta-train the upscaler") as bar:
-        for _ in range(steps):
-            r = lo + (hi - lo) * float(torch.rand((), generator=gen))
-            (crops,) = random_crops(gen, crop, batch, frames)
-            crops = crops.to(device)
-            low_styled, target, exact = meta_training_pair(stylizer, crops, r)
-            guide = F.interpolate(crops, size=low_styled.shape[-2:], mode="area") if upscaler.guide_channels else None
-            upscaler.train()
-            with torch.enable_grad():
-                loss = F.l1_loss(upscaler(low_styled, exact, guide=guide), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.advance()
-    upscaler.eval()
-    return losses
+
+    def next_batch() -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+        r = lo + (hi - lo) * float(torch.rand((), generator=gen))
+        (crops,) = random_crops(gen, crop, batch, frames)
+        crops = crops.to(device)
+        low_styled, target, exact = meta_training_pair(stylizer, crops, r)
+        guide = F.interpolate(crops, size=low_styled.shape[-2:], mode="area") if upscaler.guide_channels else None
+        return (lambda: upscaler(low_styled, exact, guide=guide)), target
+
+    return _fit_l1(upscaler, torch.optim.Adam(upscaler.parameters(), lr=lr), steps, "meta-train the upscaler",
+                   next_batch)
 
 
 @dataclass(frozen=True)
