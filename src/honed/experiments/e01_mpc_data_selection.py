@@ -46,19 +46,19 @@ import copy
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError
 from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
 from honed.core.loop import correct_per_example
+from honed.experiments._e01_selection_training import (build_pool, entropy_scorer, finetune_on_selection, fit_adam,
+                                                       train_target, validation_oracle_gap)
 from honed.data import create_dataset
-from honed.data.base import stratified_split
 from honed.private.mpc import EntropyOnly, measure_mpc_costs
 from honed.private.mpc_cost import BatchCost, NetworkModel, PivotComparison, quickselect_topk, sieve_delay
 from honed.private.mpcformer import make_mpcformer_proxy
-from honed.private.proxy_selection import (TinyTransformer, calibrate_norm_scales, check_pool, entropy_from_logits,
+from honed.private.proxy_selection import (calibrate_norm_scales, check_pool, entropy_from_logits,
                                            fit_emulators, image_tokens, make_proxy, multiphase_select,
                                            phase_sizes, secure_topk_standin)
 
@@ -144,90 +144,6 @@ class MPCSelectionConfig(ExperimentConfig):
                               f"got {self.phase_labels}")
 
 
-def _fit(model, x, y, epochs, lr, seed, teacher=None, kd_weight=0.0, batch=64):
-    """Adam minibatch training (CE, plus KD to ``teacher``'s logits when given)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    soft = None if teacher is None else teacher(x).detach().softmax(-1)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
-            if soft is not None and kd_weight > 0:
-                kd = F.kl_div(logits.log_softmax(-1), soft[idx], reduction="batchmean")
-                loss = (1 - kd_weight) * loss + kd_weight * kd
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model
-
-
-def _scorer(model):
-    """x (n, 64) -> predictive entropy (n,) of ``model``."""
-    return lambda x: entropy_from_logits(model(x))
-
-
-def build_pool(train, cfg, seed):
-    """D_boot (boot_per_class per class) and an imbalanced pool with near-duplicates (x (N, 64), y)."""
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(train), generator=gen)
-    x, y = train.x[perm], train.y[perm]
-    boot = torch.cat([torch.nonzero(y == c).flatten()[:cfg.boot_per_class] for c in range(10)])
-    rest = torch.ones(len(y), dtype=torch.bool)
-    rest[boot] = False
-    rx, ry = x[rest], y[rest]
-    n_unique = round(cfg.pool_size * (1 - cfg.duplicate_fraction))
-    weights = torch.tensor([cfg.imbalance_ratio ** (c / 9) for c in range(10)])
-    counts = (weights / weights.sum() * n_unique).round().long()
-    keep = torch.cat([torch.nonzero(ry == c).flatten()[:int(counts[c])] for c in range(10)])
-    ux, uy = rx[keep], ry[keep]
-    src = torch.randint(0, len(ux), (cfg.pool_size - len(ux),), generator=gen)
-    shifts = torch.randint(-1, 2, (len(src), 2), generator=gen)
-    dup = torch.stack([torch.roll(ux[i].view(8, 8), tuple(s.tolist()), (0, 1)).flatten() for i, s in zip(src, shifts)])
-    dup = (dup + 0.05 * torch.randn(dup.shape, generator=gen)).clamp(0, 1)
-    pool_x, pool_y = torch.cat([ux, dup]), torch.cat([uy, uy[src]])
-    return (x[boot], y[boot]), (pool_x, pool_y)
-
-
-def train_target(cfg, seed, pretrain, boot):
-    """The model owner's target: pretrained on ``pretrain`` (a Split disjoint from the pool), adapted on
-    D_boot (R); returned in eval mode."""
-    target = _fit(TinyTransformer(n_blocks=cfg.target_blocks), pretrain.x, pretrain.y, cfg.pretrain_epochs, cfg.lr,
-                  seed)
-    return _fit(target, boot[0], boot[1], cfg.adapt_epochs, cfg.lr, seed + 1).eval()
-
-
-def finetune_on_selection(cfg, seed, target, boot, pool, idx):
-    """A copy of the target finetuned on D_boot U pool[idx], identically for every selection."""
-    model = copy.deepcopy(target).train()
-    x, y = torch.cat([boot[0], pool[0][idx]]), torch.cat([boot[1], pool[1][idx]])
-    return _fit(model, x, y, cfg.finetune_epochs, cfg.lr, seed + 2).eval()
-
-
-def validation_oracle_gap(cfg, seeds=None, val_fraction: float = 0.28) -> dict[str, list[float]]:
-    """SelectFormer (arXiv:2310.02373) setting check on validation data only: per seed, the accuracy on a
-    split held out of the training split (stratified, ``val_fraction``) of the target finetuned on D_boot
-    + Oracle's top-B vs + a random B, with D_boot and the pool drawn from the rest of the training split.
-    The test split is never read. Returns {"oracle": [...], "random": [...], "gap": [...]} (per seed)."""
-    data = create_dataset("digits", flat=True)
-    rest, _, val = stratified_split(data.train.x, data.train.y, (1 - val_fraction, 0.0, val_fraction), seed=123)
-    out: dict[str, list[float]] = {"oracle": [], "random": []}
-    for seed in seeds if seeds is not None else cfg.seeds:
-        torch.manual_seed(seed)
-        boot, pool = build_pool(rest, cfg, seed)
-        target = train_target(cfg, seed, data.val, boot)
-        with torch.no_grad():
-            oracle = secure_topk_standin(entropy_from_logits(target(pool[0])), cfg.budget)
-        random = torch.randperm(len(pool[0]), generator=torch.Generator().manual_seed(seed))[:cfg.budget]
-        for arm, idx in (("oracle", oracle), ("random", random)):
-            correct = correct_per_example(finetune_on_selection(cfg, seed, target, boot, pool, idx), val.x, val.y)
-            out[arm].append(sum(correct) / len(correct))
-    out["gap"] = [o - r for o, r in zip(out["oracle"], out["random"])]
-    return out
-
-
 @register_experiment
 class MPCDataSelectionExperiment(Experiment):
     id = "01-mpc-data-selection"
@@ -276,11 +192,11 @@ class MPCDataSelectionExperiment(Experiment):
         calibration = calibrate_norm_scales(target, bx)  # model owner's own data; plaintext unchanged
         proxies = [self._proxy(cfg, target, bx, by, blocks, width, seed + 10 * k)
                    for k, (blocks, width) in enumerate(zip(cfg.proxy_blocks, cfg.proxy_widths))]
-        mpcformer = _fit(make_mpcformer_proxy(target, cfg.quad_shift), bx, by, cfg.proxy_epochs, cfg.lr, seed + 30,
+        mpcformer = fit_adam(make_mpcformer_proxy(target, cfg.quad_shift), bx, by, cfg.proxy_epochs, cfg.lr, seed + 30,
                          teacher=target, kd_weight=cfg.kd_weight).eval()  # same distillation budget as the proxies
         picks, sizes, p2 = self._select(cfg, seed, target, proxies, (bx, by), (px, py))
         scorers = {"target": target, "p1": proxies[0], "p2": p2, "mpcformer": mpcformer}
-        picks["mpcformer"] = multiphase_select(px, [_scorer(mpcformer)], [cfg.budget])[0]
+        picks["mpcformer"] = multiphase_select(px, [entropy_scorer(mpcformer)], [cfg.budget])[0]
         mpc = measure_mpc_costs({**scorers, "entropy_only": EntropyOnly(target.classes)},
                                 image_tokens(px[:cfg.mpc_examples]))
         with torch.no_grad():
@@ -305,7 +221,7 @@ class MPCDataSelectionExperiment(Experiment):
     def _select(self, cfg, seed, target, proxies, boot, pool):
         """Oracle, Random, 1-phase and SelectFormer picks; phase 2 after optional bought labels (step 7)."""
         px, py = pool
-        scorer = _scorer
+        scorer = entropy_scorer
         sizes = phase_sizes(len(px), cfg.budget, [cfg.selectivity])
         with torch.no_grad():
             oracle_scores = entropy_from_logits(target(px))
@@ -315,7 +231,7 @@ class MPCDataSelectionExperiment(Experiment):
             draw = torch.randperm(len(s1), generator=torch.Generator().manual_seed(seed + 5))  # CPU: same draw anywhere
             bought = s1[draw[:cfg.phase_labels].to(s1.device)]
             p2 = copy.deepcopy(p2).train()
-            _fit(p2, torch.cat([boot[0], px[bought]]), torch.cat([boot[1], py[bought]]), cfg.proxy_epochs, cfg.lr,
+            fit_adam(p2, torch.cat([boot[0], px[bought]]), torch.cat([boot[1], py[bought]]), cfg.proxy_epochs, cfg.lr,
                  seed + 20, teacher=target, kd_weight=cfg.kd_weight)
             p2.eval()
         picks = {"oracle": secure_topk_standin(oracle_scores, cfg.budget),
@@ -328,7 +244,7 @@ class MPCDataSelectionExperiment(Experiment):
     def _proxy(self, cfg, target, bx, by, blocks, width, seed):
         proxy = make_proxy(target, blocks, width, fuse_ffn=cfg.fuse_ffn)
         fit_emulators(proxy, target, bx, synthetic_factor=cfg.synthetic_factor, steps=cfg.emulator_steps, seed=seed)
-        _fit(proxy, bx, by, cfg.proxy_epochs, cfg.lr, seed, teacher=target, kd_weight=cfg.kd_weight)
+        fit_adam(proxy, bx, by, cfg.proxy_epochs, cfg.lr, seed, teacher=target, kd_weight=cfg.kd_weight)
         return proxy.eval()
 
     def _arms(self, cfg, seed, target, picks, boot, pool, test):
