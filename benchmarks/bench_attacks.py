@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from honed.core.benchmark import CLOCKS, interleaved_times, ratios_by_clock, spread, write_result
+from honed.core.benchmark import CLOCKS, interleaved_times, ratios_by_clock, results_folder, spread, write_result
 from honed.core.seed import torch_threads
 from honed.robust.attacks import CW, PGD, GuidedCW
 from honed.robust.attacks.gradient import project_linf
 from honed.robust.victims import correctly_classified, train_digits_classifier
 
 THREADS = 1
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 CW_TARGET, GUIDED_A_TARGET, PGD_PEER_TARGET, PGD_FLOOR_TARGET = 0.965, 0.95, 1.0, 1.05
 CW_FIXED = dict(c=1.0, kappa=0.0, lr=0.01, steps=100)
 CW_SEARCH = dict(c=1e-3, binary_search_steps=9, steps=100, lr=0.01)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from honed.core.benchmark import CLOCKS, interleaved_times, paired_ratio, spread, write_result
+from honed.core.benchmark import CLOCKS, interleaved_times, paired_ratio, results_folder, spread, write_result
 from honed.core.seed import torch_threads
 from honed.data import create_dataset
 from honed.models import create_model
@@ -32,7 +32,7 @@ MODELS = {  # name, kwargs, input shape, rounds, result suffix: the experiment's
     "mlp 64-256-256-10, no BN": ("mlp", {"in_features": 64, "hidden": (256, 256), "bn": False}, (64,), 41, "mlp"),
     "cnn 16/32 channels, no BN": ("cnn", {"in_channels": 1, "bn": False}, (1, 8, 8), 15, "cnn"),
 }
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 
 
 def batch_sizes(n0: int, n: int, batch_size: int) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from honed.core.benchmark import interleaved_times, ratios_by_clock, spread, write_result
+from honed.core.benchmark import interleaved_times, ratios_by_clock, results_folder, spread, write_result
 from honed.core.loop import train
 from honed.core.seed import torch_threads
 from honed.data import Batches, create_dataset
@@ -22,7 +22,7 @@ from honed.models import create_model
 
 TARGET = 1.03
 THREADS = 1
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 
 
 def bare_epoch(model, batches, opt) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from honed.core.benchmark import spread, write_result
+from honed.core.benchmark import results_folder, spread, write_result
 from honed.experiments.e01_mpc_data_selection import MPCSelectionConfig
 from honed.private.mpc import EntropyOnly, measure_mpc_costs
 from honed.private.mpc_cost import BatchCost, NetworkModel, PivotComparison, sieve_delay
@@ -40,7 +40,7 @@ from honed.private.proxy_selection import PATCH, TinyTransformer, phase_sizes
 
 TARGET = 10.0
 THREADS = 1  # per party (run_workers' default)
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 SCORERS = ("target", "p1", "p2", "floor")
 METRICS = ("seconds_per_example", "cpu_seconds_per_example", "bytes_per_example", "rounds_per_batch")
 DEFAULT_SHAPES = "4x16,12x16,12x64"  # experiment 01's target; a deeper, longer one (see the module docstring)

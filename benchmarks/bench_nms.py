@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from honed.core.benchmark import interleaved_times, ratios_by_clock, spread, write_result
+from honed.core.benchmark import interleaved_times, ratios_by_clock, results_folder, spread, write_result
 from honed.core.seed import torch_threads
 from honed.data.synthetic_scenes import random_boxes
 from honed.experiments.e35_psrr_maxpool_nms import ARMS, PSRRConfig, loglog_slope, run_nms
 
 TARGET = 1.0
 THREADS = 1
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 PEER = "torchvision"
 MEASURE_PEER = "make bench-torchvision"
 
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                "judged_on": "cpu"}
     ratios = ratios_by_clock(per_size[args.sizes[-1]], "greedy", "psrr")
     peer_note = ("torchvision.ops.nms is measured beside it: nms_psrr_speedup_vs_torchvision.json" if peer
-                 else f"torchvision.ops.nms cannot run beside this torch ({version_or_why}); {MEASURE_PEER} measures it")
+                 else f"torchvision.ops.nms cannot run beside this torch ({version_or_why}); "
+                      f"{MEASURE_PEER} measures it")
     write_result("nms_psrr_speedup_vs_python_greedy", ratios["cpu"]["median"], TARGET, ">=",
                  f"x (Python-loop greedy / PSRR at {args.sizes[-1]} boxes, CPU time)",
                  "median of per-round ratios, arms interleaved",

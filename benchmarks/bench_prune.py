@@ -39,11 +39,11 @@ from honed.compress.channel_surgery import find_channel_groups, remove_channels,
 from honed.compress.fuse import fold_batchnorm, keep_faster_form
 from honed.compress.layer_profile import (TOTAL, by_block, format_profile, layer_macs, layer_times,
                                           operator_times)
-from honed.core.benchmark import interleaved_times, ratios_by_clock, spread, write_result
+from honed.core.benchmark import interleaved_times, ratios_by_clock, results_folder, spread, write_result
 from honed.core.measure import count_macs, count_params
 from honed.core.seed import torch_threads
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 PEER_INSTALL = "pip install torch-pruning==1.6.1"
 GDP_TARGET, FORCE_TARGET, BATCH = 1.6, 2.0, 64
 CHANNEL_BLOCK = 16  # oneDNN's AVX-512 convolutions store channels in blocks of 16 (profile column)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from honed.core.benchmark import spread, write_result
+from honed.core.benchmark import results_folder, spread, write_result
 
 ARMS = ("local", "fp32", "fp16", "powersgd", "terngrad")
 PEERS = ("fp32", "fp16", "powersgd")
@@ -51,7 +51,7 @@ DEFAULT_HIDDEN = (256, 256)  # experiment 18's TernGradConfig.hidden
 # collective mismatch ("Received data size doesn't match expected size") on a model spanning two buckets
 # on this machine (its callbacks issue collectives from gloo's threads); one bucket keeps every arm alike.
 BUCKET_CAP_MB = 64.0
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
 
 
 def _build_arms(seed: int, hidden: tuple[int, ...]) -> dict:

@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from honed.core.benchmark import RESULT_KEYS, holds, interleaved_times, paired_ratio, spread, write_result
+from honed.core.bench_report import bench_dir
+from honed.core.benchmark import (RESULT_KEYS, holds, interleaved_times, paired_ratio, results_folder, spread,
+                                  write_result)
 
 
 def test_interleaved_times_alternates_order_and_counts_rounds():
@@ -30,3 +32,10 @@ def test_write_result_stable_shape(tmp_path, capsys):
     assert "does NOT hold" in capsys.readouterr().out
     with pytest.raises(ValueError):
         write_result("bad", 1.0, 1.0, "<", "x", "", folder=tmp_path)
+
+
+def test_results_folder_follows_honed_benchmarks_so_the_report_reads_what_the_scripts_wrote(tmp_path, monkeypatch):
+    monkeypatch.delenv("HONED_BENCHMARKS", raising=False)
+    assert results_folder(tmp_path / "default") == tmp_path / "default"
+    monkeypatch.setenv("HONED_BENCHMARKS", str(tmp_path / "elsewhere"))
+    assert results_folder(tmp_path / "default") == tmp_path / "elsewhere" == bench_dir()

@@ -5,7 +5,8 @@ drifting machine load hits all of them alike, on two clocks: wall time (what a u
 process's CPU time (what the code costs; on a loaded shared machine the wall clock also measures the
 neighbours). A ratio is the median over rounds of the per-round ratio, reported with its quartiles.
 
-Each target is written to ``benchmarks/results/<name>.json`` in one stable shape, read by the report::
+Each target is written to ``benchmarks/results/<name>.json`` (``$HONED_BENCHMARKS`` when set, the folder the
+report reads) in one stable shape::
 
     {"name", "ratio", "target", "comparison" ("<=" or ">="), "holds", "unit", "measured_on", "date",
      "notes", "details"}
@@ -92,6 +93,12 @@ def holds(ratio: float | None, target: float, comparison: str) -> bool:
     return ratio <= target if comparison == "<=" else ratio >= target
 
 
+def results_folder(default: Path | str) -> Path:
+    """Where benchmark results go: ``$HONED_BENCHMARKS`` when set (the folder the report reads too), else
+    ``default`` (a script passes its own ``benchmarks/results``, so it writes there from any directory)."""
+    return Path(os.environ.get("HONED_BENCHMARKS") or default)
+
+
 def write_result(name: str, ratio: float | None, target: float, comparison: str, unit: str, notes: str,
                  details: dict | None = None, threads: int | None = None, folder: Path | None = None) -> dict:
     """Write ``<folder>/<name>.json`` (default ``$HONED_BENCHMARKS`` or ``benchmarks/results``) in the stable shape, print its
@@ -102,7 +109,7 @@ def write_result(name: str, ratio: float | None, target: float, comparison: str,
               "holds": holds(ratio, target, comparison), "unit": unit, "measured_on": measured_on(threads),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "notes": notes, "details": details or {}}
-    folder = Path(folder) if folder is not None else Path(os.environ.get("HONED_BENCHMARKS", "benchmarks/results"))
+    folder = Path(folder) if folder is not None else results_folder("benchmarks/results")
     atomic_write_json(folder / f"{name}.json", json.loads(json.dumps(record, default=float)))
     print(summary_line(record))
     return record
