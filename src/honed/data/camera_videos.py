@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError, check_count, require_extra
-from honed.data.shape_scenes import _shape_region
+from honed.data.instance_scenes import uniform
+from honed.data.shape_scenes import shape_region
 
 SKLEARN_PHOTOS = ("china", "flower")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
@@ -45,10 +46,6 @@ def _check_clip_args(frames: int, size: int) -> None:
         raise InputError(f"size must be >= 16 pixels, got {size}")
 
 
-def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=gen))
-
-
 def camera_path_clip(photo: torch.Tensor, frames: int, size: int, seed: int,
                      max_speed: float = 0.012, max_zoom: float = 0.25, max_turn: float = 0.12) -> torch.Tensor:
     """A (frames, 3, size, size) clip of a virtual camera moving over ``photo`` (3, H, W) in [0, 1].
@@ -62,12 +59,12 @@ def camera_path_clip(photo: torch.Tensor, frames: int, size: int, seed: int,
     gen = torch.Generator().manual_seed(seed)
     height, width = photo.shape[1:]
     aspect = height / width
-    half0, half1 = _uniform(gen, 0.45, 0.6), None  # window half-size, fraction of the photo's short side
-    half1 = half0 * (1 + _uniform(gen, -max_zoom, max_zoom))
-    turn0 = _uniform(gen, -max_turn, max_turn) / 2
-    turn1 = turn0 + _uniform(gen, -max_turn, max_turn)
-    angle = _uniform(gen, 0, 2 * math.pi)
-    speed = _uniform(gen, 0.4, 1.0) * max_speed * 2  # normalised coordinates span 2
+    half0, half1 = uniform(gen, 0.45, 0.6), None  # window half-size, fraction of the photo's short side
+    half1 = half0 * (1 + uniform(gen, -max_zoom, max_zoom))
+    turn0 = uniform(gen, -max_turn, max_turn) / 2
+    turn1 = turn0 + uniform(gen, -max_turn, max_turn)
+    angle = uniform(gen, 0, 2 * math.pi)
+    speed = uniform(gen, 0.4, 1.0) * max_speed * 2  # normalised coordinates span 2
     velocity = torch.tensor([math.cos(angle), math.sin(angle)]) * speed
     grids = []
     for t in range(frames):
@@ -105,15 +102,15 @@ def moving_shapes_clip(frames: int, size: int, seed: int, shapes: tuple[int, int
     gen = torch.Generator().manual_seed(seed)
     margin = int(math.ceil(max_speed * frames / 2)) + 2
     canvas = fractal_texture(size + 2 * margin, gen)
-    pan = torch.tensor([_uniform(gen, -1, 1), _uniform(gen, -1, 1)]) * max_speed / 2
+    pan = torch.tensor([uniform(gen, -1, 1), uniform(gen, -1, 1)]) * max_speed / 2
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     objects = []
     for _ in range(int(torch.randint(shapes[0], shapes[1] + 1, (1,), generator=gen))):
         objects.append(dict(kind=int(torch.randint(1, 5, (1,), generator=gen)),
-                            radius=_uniform(gen, 0.06, 0.14) * size, colour=torch.rand(3, 1, generator=gen),
-                            start=torch.rand(2, generator=gen) * size, angle=_uniform(gen, 0, 2 * math.pi),
-                            spin=_uniform(gen, -0.05, 0.05),
+                            radius=uniform(gen, 0.06, 0.14) * size, colour=torch.rand(3, 1, generator=gen),
+                            start=torch.rand(2, generator=gen) * size, angle=uniform(gen, 0, 2 * math.pi),
+                            spin=uniform(gen, -0.05, 0.05),
                             velocity=(torch.rand(2, generator=gen) * 2 - 1) * max_speed))
     clip = []
     for t in range(frames):
@@ -124,7 +121,7 @@ def moving_shapes_clip(frames: int, size: int, seed: int, shapes: tuple[int, int
             angle = obj["angle"] + obj["spin"] * t
             dx, dy = xx - cx, yy - cy
             u, v = dx * math.cos(angle) + dy * math.sin(angle), -dx * math.sin(angle) + dy * math.cos(angle)
-            region = _shape_region(obj["kind"], u, v, obj["radius"])
+            region = shape_region(obj["kind"], u, v, obj["radius"])
             frame[:, region] = obj["colour"].expand(3, int(region.sum()))
         clip.append(frame)
     return torch.stack(clip).clamp(0, 1)

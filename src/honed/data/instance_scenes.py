@@ -29,14 +29,18 @@ def uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 
+def polygon_radius(theta: torch.Tensor, sides: int) -> torch.Tensor:
+    """Distance from the centre to the edge of a regular ``sides``-gon inscribed in the unit circle (a vertex
+    at angle 0), along direction ``theta`` (radians, any shape)."""
+    return math.cos(math.pi / sides) / torch.cos(torch.remainder(theta, 2 * math.pi / sides) - math.pi / sides)
+
+
 def shape_mask(kind: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Soft mask (same shape as u) of a unit-radius ``kind`` at normalised coordinates u, v."""
     r, theta = torch.sqrt(u * u + v * v), torch.atan2(v, u)
     sides = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}
     if kind in sides:
-        n = sides[kind]
-        limit = math.cos(math.pi / n) / torch.cos(torch.remainder(theta, 2 * math.pi / n) - math.pi / n)
-        inside = r - limit
+        inside = r - polygon_radius(theta, sides[kind])
     elif kind == "circle":
         inside = r - 1
     elif kind == "ellipse":

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from honed.core.errors import InputError, check_count
+from honed.data.instance_scenes import polygon_radius, uniform
 
 CLASSES = ("background", "disk", "square", "triangle", "bar")
 NUM_CLASSES = len(CLASSES)
@@ -28,22 +29,18 @@ class ShapeSplit:
     y: torch.Tensor
 
 
-def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=gen))
-
-
 def _background(size: int, gen: torch.Generator) -> torch.Tensor:
     coarse = torch.rand(1, 3, 4, 4, generator=gen)
     smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
-    angle, freq = _uniform(gen, 0, math.pi), _uniform(gen, 0.3, 1.2)
+    angle, freq = uniform(gen, 0, math.pi), uniform(gen, 0.3, 1.2)
     grating = torch.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle)))
     fine = 0.08 * torch.randn(3, size, size, generator=gen)
     return (0.35 + 0.5 * smooth + 0.12 * grating + fine).clamp(0, 1)
 
 
-def _shape_region(kind: int, u: torch.Tensor, v: torch.Tensor, radius: float) -> torch.Tensor:
+def shape_region(kind: int, u: torch.Tensor, v: torch.Tensor, radius: float) -> torch.Tensor:
     """Boolean region of class ``kind`` in rotated, centred pixel coordinates u, v."""
     if kind == 1:  # disk
         return u * u + v * v <= radius * radius
@@ -52,8 +49,7 @@ def _shape_region(kind: int, u: torch.Tensor, v: torch.Tensor, radius: float) ->
         return (u.abs() <= half) & (v.abs() <= half)
     if kind == 3:  # equilateral triangle inscribed in the circle of this radius
         r, theta = torch.sqrt(u * u + v * v), torch.atan2(v, u)
-        limit = math.cos(math.pi / 3) / torch.cos(torch.remainder(theta, 2 * math.pi / 3) - math.pi / 3)
-        return r <= 1.15 * radius * limit
+        return r <= 1.15 * radius * polygon_radius(theta, 3)
     return (u.abs() <= 1.6 * radius) & (v.abs() <= max(1.2, 0.3 * radius))  # bar: long thin rectangle
 
 
@@ -66,16 +62,16 @@ def make_scene(gen: torch.Generator, size: int = 32, objects: tuple[int, int] = 
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     for _ in range(int(torch.randint(objects[0], objects[1] + 1, (1,), generator=gen))):
         kind = int(torch.randint(1, NUM_CLASSES, (1,), generator=gen))
-        r = _uniform(gen, *radius)
-        cx, cy, angle = _uniform(gen, 2, size - 2), _uniform(gen, 2, size - 2), _uniform(gen, 0, 2 * math.pi)
+        r = uniform(gen, *radius)
+        cx, cy, angle = uniform(gen, 2, size - 2), uniform(gen, 2, size - 2), uniform(gen, 0, 2 * math.pi)
         dx, dy = xx - cx, yy - cy
         u, v = dx * math.cos(angle) + dy * math.sin(angle), -dx * math.sin(angle) + dy * math.cos(angle)
-        region = _shape_region(kind, u, v, r)
+        region = shape_region(kind, u, v, r)
         colour = torch.rand(3, 1, generator=gen)
         shade = colour + 0.05 * torch.randn(3, int(region.sum()), generator=gen)
         image[:, region] = shade.clamp(0, 1)
         labels[region] = kind
-    brightness, contrast = _uniform(gen, -0.1, 0.1), _uniform(gen, 0.8, 1.2)
+    brightness, contrast = uniform(gen, -0.1, 0.1), uniform(gen, 0.8, 1.2)
     gain = 1 + 0.1 * (2 * torch.rand(3, 1, 1, generator=gen) - 1)
     mean = image.mean()
     image = ((image - mean) * contrast + mean + brightness) * gain
