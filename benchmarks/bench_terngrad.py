@@ -303,7 +303,8 @@ def _report_link(rounds: list[dict], details: dict, gbit: float, suffix: str, fo
              f"{link['link_is_bottleneck']}")
     return write_result(f"terngrad_step_{gbit:g}gbit{suffix}", link["ratio"], TARGET, "<=",
                         "x (TernGrad / fastest peer, modelled step time)", notes,
-                        dict(details, this_link=f"{gbit:g}", target_applies=link["link_is_bottleneck"]), 1, folder)
+                        dict(details, this_link=f"{gbit:g}", target_applies=link["link_is_bottleneck"]), 1, folder,
+                        applies=link["link_is_bottleneck"])
 
 
 if __name__ == "__main__":

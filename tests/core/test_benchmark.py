@@ -39,3 +39,11 @@ def test_results_folder_follows_honed_benchmarks_so_the_report_reads_what_the_sc
     assert results_folder(tmp_path / "default") == tmp_path / "default"
     monkeypatch.setenv("HONED_BENCHMARKS", str(tmp_path / "elsewhere"))
     assert results_folder(tmp_path / "default") == tmp_path / "elsewhere" == bench_dir()
+
+
+def test_a_target_that_does_not_apply_gets_no_verdict_in_the_file_summary_or_report(tmp_path, capsys):
+    record = write_result("x", 1.7, 1.0, "<=", "x", "link not the bottleneck", folder=tmp_path, applies=False)
+    assert record["holds"] is None and record["applies"] is False
+    assert "target does not apply here" in capsys.readouterr().out
+    from honed.core.bench_report import performance_markdown
+    assert any("target does not apply here" in line for line in performance_markdown(tmp_path))

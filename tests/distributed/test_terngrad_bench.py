@@ -42,6 +42,7 @@ def test_report_writes_one_result_per_link_with_the_worst_peer_and_the_reason(be
     assert math.isclose(one["ratio"], 3.48 / 1.58, rel_tol=1e-9) and not one["holds"]
     assert one["details"]["links"]["1"]["worst_peer"] == "powersgd" and one["details"]["target_applies"]
     assert not ten["details"]["target_applies"]  # fp32's 0.8 ms of wire < its 1 ms CPU at 10 Gbit/s
+    assert ten["applies"] is False and ten["holds"] is None and one["applies"] is True
     assert "MODELLED" in one["notes"]
     out = capsys.readouterr().out
     assert "measured reason vs powersgd at 1 Gbit/s" in out and "measured reason vs fp16 at 1 Gbit/s" not in out

@@ -67,10 +67,11 @@ ENV_KEYS = ("device", "device_name", "processor", "machine", "cpu_count", "threa
 def target_line(data: dict) -> str:
     """The file's own verdict on its target: honed.core.benchmark's ``ratio comparison target -> holds``,
     or an older file's ``target`` / ``met``; '' when it states none."""
+    from honed.core.benchmark import verdict_words
     from honed.core.report import fmt
 
     if {"ratio", "target", "comparison", "holds"} <= set(data):
-        verdict = "holds" if data["holds"] else "does NOT hold"
+        verdict = verdict_words(data)
         return (f"ratio {fmt(data['ratio'])} {data.get('unit', '')} "
                 f"(target {data['comparison']} {fmt(data['target'])}): {verdict}")
     if "target" in data and "met" in data:

@@ -8,8 +8,8 @@ neighbours). A ratio is the median over rounds of the per-round ratio, reported 
 Each target is written to ``benchmarks/results/<name>.json`` (``$HONED_BENCHMARKS`` when set, the folder the
 report reads) in one stable shape::
 
-    {"name", "ratio", "target", "comparison" ("<=" or ">="), "holds", "unit", "measured_on", "date",
-     "notes", "details"}
+    {"name", "ratio", "target", "comparison" ("<=" or ">="), "holds" (None where the target does not
+     apply), "applies", "unit", "measured_on", "date", "notes", "details"}
 
 ``measured_on`` names the machine, torch, the thread count and the load average at the time.
 """
@@ -30,7 +30,8 @@ from honed.core.measure import synchronize
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 COMPARISONS = ("<=", ">=")
-RESULT_KEYS = ("name", "ratio", "target", "comparison", "holds", "unit", "measured_on", "date", "notes", "details")
+RESULT_KEYS = ("name", "ratio", "target", "comparison", "holds", "applies", "unit", "measured_on", "date", "notes",
+               "details")
 
 
 def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
@@ -100,13 +101,17 @@ def results_folder(default: Path | str) -> Path:
 
 
 def write_result(name: str, ratio: float | None, target: float, comparison: str, unit: str, notes: str,
-                 details: dict | None = None, threads: int | None = None, folder: Path | None = None) -> dict:
-    """Write ``<folder>/<name>.json`` (default ``$HONED_BENCHMARKS`` or ``benchmarks/results``) in the stable shape, print its
-    one-line summary (ratio next to target, load average) and return the record."""
+                 details: dict | None = None, threads: int | None = None, folder: Path | None = None,
+                 applies: bool = True) -> dict:
+    """Write ``<folder>/<name>.json`` (default ``$HONED_BENCHMARKS`` or ``benchmarks/results``) in the stable
+    shape, print its one-line summary (ratio next to target, load average) and return the record.
+    ``applies=False``: the target does not apply in this setting (the notes say why); the ratio is kept,
+    ``holds`` is None and the summary says so instead of a verdict."""
     if comparison not in COMPARISONS:
         raise ConfigError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
     record = {"name": name, "ratio": ratio, "target": target, "comparison": comparison,
-              "holds": holds(ratio, target, comparison), "unit": unit, "measured_on": measured_on(threads),
+              "holds": holds(ratio, target, comparison) if applies else None, "applies": bool(applies),
+              "unit": unit, "measured_on": measured_on(threads),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "notes": notes, "details": details or {}}
     folder = Path(folder) if folder is not None else results_folder("benchmarks/results")
@@ -115,9 +120,16 @@ def write_result(name: str, ratio: float | None, target: float, comparison: str,
     return record
 
 
+def verdict_words(record: dict) -> str:
+    """'holds', 'does NOT hold', or 'target does not apply here' for a record that says so."""
+    if record.get("applies") is False:
+        return "target does not apply here"
+    return "holds" if record["holds"] else "does NOT hold"
+
+
 def summary_line(record: dict) -> str:
     ratio = "-" if record["ratio"] is None else f"{record['ratio']:.3f}"
-    verdict = "holds" if record["holds"] else "does NOT hold"
+    verdict = verdict_words(record)
     load = "/".join(f"{x:.1f}" for x in record["measured_on"]["load_average"]) or "n/a"
     return (f"[{record['name']}] {ratio} {record['unit']} (target {record['comparison']} {record['target']}) -> "
             f"{verdict}; load average {load} on {record['measured_on']['cpu_count']} CPUs")
