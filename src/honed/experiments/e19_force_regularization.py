@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from honed.compress.deployed_latency import DEPLOYED_FORM, deployed_latency, keep_faster_pairs
 from honed.compress.force_regularization import FORCE_EXPONENTS, ForceRegularization
 from honed.compress.lowrank import LayerRank, decompose_model, plan_ranks
 from honed.core.config import ExperimentConfig
@@ -42,7 +43,6 @@ from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, S
 from honed.core.loop import CosineLR, correct_per_example, split_accuracy, train
 from honed.core.measure import count_macs, count_params
 from honed.data import Batches, Split, create_dataset
-from honed.experiments._deployed_latency import DEPLOYED_FORM, deployed_latency, keep_faster_pairs
 
 DECOMPOSED_ARMS = ("plain_lra", "force_lra", "plain_lra_matched_rank")
 CHANCE_MARGIN = 0.3  # 10 classes: a net counts as trained above 0.4 test accuracy
@@ -161,7 +161,7 @@ def decompose_and_finetune(source: nn.Module, cfg: ForceRegConfig, train_split: 
 def run_arms(cfg: ForceRegConfig, seed: int, dense: nn.Module, forced: nn.Module, train_split: Split, test: Split,
              device) -> dict:
     """Every decomposed arm of one seed scored on ``test`` (per example) and put in its faster form
-    (:func:`honed.experiments._deployed_latency.keep_faster_pairs`), then one interleaved cost
+    (:func:`honed.compress.deployed_latency.keep_faster_pairs`), then one interleaved cost
     measurement of all models."""
     dense_plan = plan_ranks(dense, 1.0, list(cfg.layers), only_if_cheaper=False)  # full ranks
     models, arms, curves, forms = {"dense": dense}, {}, {}, {}

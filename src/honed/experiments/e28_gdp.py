@@ -25,6 +25,7 @@ from torch import nn
 
 from honed.compress.channel_surgery import (channel_importance, find_channel_groups, layer_costs,
                                             remove_channels, uniform_keep_for_macs)
+from honed.compress.deployed_latency import DEPLOYED_FORM, deployed, deployed_input, deployed_latency
 from honed.compress.gdp import GDP, GDPSchedule
 from honed.compress.slimming import BNScaleL1, bn_importance, global_keep_for_macs
 from honed.core.config import ExperimentConfig
@@ -34,7 +35,6 @@ from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, S
 from honed.core.loop import CosineLR, correct_per_example, split_accuracy, train
 from honed.core.measure import count_macs, count_params
 from honed.data import Batches, Split, create_dataset
-from honed.experiments._deployed_latency import DEPLOYED_FORM, deployed, deployed_input, deployed_latency
 from honed.models import create_model
 
 PRUNED_ARMS = ("gdp", "slimming", "l1_norm", "l1_norm_equal_epochs", "random")
@@ -254,7 +254,8 @@ class GDPExperiment(Experiment):
     Config = GDPConfig
     method = ("gdp",)
     baselines = ("dense", "dense_equal_epochs", "slimming", "l1_norm", "l1_norm_equal_epochs", "random")
-    components = ("honed.compress.gdp:GDP", "honed.compress.gdp:GDPSchedule")
+    components = ("honed.compress.gdp:GDP", "honed.compress.gdp:GDPSchedule",
+                  "honed.compress.deployed_latency:deployed_latency")
     reconstructed = (
         "gate init g = 1",
         "eps annealed geometrically eps_start -> eps_end over anneal_fraction of the gated steps, then fixed",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from honed.core.errors import InputError
-from honed.experiments._deployed_latency import deployed, deployed_input, deployed_latency
+from honed.compress.deployed_latency import deployed, deployed_input, deployed_latency
 
 
 def conv_bn_net() -> nn.Module:
@@ -50,7 +50,7 @@ def test_a_missing_reference_is_refused():
 
 def test_kept_faster_pairs_count_only_factored_layers_and_keep_rank_and_function():
     from honed.compress.lowrank import decompose_model
-    from honed.experiments._deployed_latency import keep_faster_pairs
+    from honed.compress.deployed_latency import keep_faster_pairs
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 6)).eval()
     decomposed, plan = decompose_model(net, 1.0, ["0", "3"], ranks={"0": 2, "3": 3})

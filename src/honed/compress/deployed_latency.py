@@ -1,5 +1,6 @@
-"""Latency of compared models in the form they would be deployed, for experiments 19 (Force
-Regularization, arXiv:1703.09746) and 28 (GDP, arXiv:2109.02220), issue 15.
+"""Latency of compared models in the form they would be deployed: a pruned or low-rank model against its
+dense reference, timed fairly (used by experiments 19, Force Regularization arXiv:1703.09746, and 28,
+GDP arXiv:2109.02220; usable on any torch.fx-traceable models of one input).
 
 Every model, the dense reference included, is timed as :func:`deployed` makes it: BatchNorm folded
 into the preceding conv (:func:`honed.compress.fuse.fold_batchnorm`, the same function up to float
