@@ -3,11 +3,14 @@
 The model below is defined here, not in honed: residual additions couple channels, and GDP finds
 that by tracing the model with torch.fx. Train it densely, then train it with GDP's gates (your
 optimizer over model.parameters(); gdp.penalty() in the loss; gdp.step() after optimizer.step()),
-export the physically smaller model and compare accuracy and MACs.
+export the physically smaller model and compare accuracy, MACs and latency (both models timed in
+deployed form - BatchNorm folded, channels-last - in interleaved rounds, by
+honed.compress.deployed_latency).
 
     python examples/gdp_user_resnet.py            # about a minute on one CPU core
     HONED_EXAMPLE_TINY=1 python examples/gdp_user_resnet.py   # a few seconds
 """
+import copy
 import os
 
 import torch
@@ -16,10 +19,12 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from honed.compress.deployed_latency import deployed_latency
 from honed.compress.gdp import GDP, GDPSchedule
 
 TINY = os.environ.get("HONED_EXAMPLE_TINY") == "1"
 DENSE_EPOCHS, GDP_EPOCHS, FINETUNE_EPOCHS = (1, 2, 1) if TINY else (15, 20, 3)
+LATENCY_ROUNDS = 3 if TINY else 15
 
 
 class Block(nn.Module):
@@ -102,6 +107,7 @@ def main():
     model = MyResNet()
     train(model, (x, y), DENSE_EPOCHS, lr=0.05)
     dense_acc, dense_macs = accuracy(model, x_test, y_test), macs(model, x_test[:1])
+    dense = copy.deepcopy(model)  # GDP gates the model in place; keep the dense one to time against
 
     steps = GDP_EPOCHS * -(-len(y) // 64)
     gdp = GDP(model, x[:1], GDPSchedule(target_macs=0.5), steps=steps)
@@ -117,6 +123,9 @@ def main():
     print(f"pruned: acc {exported_acc:.3f} at export, {accuracy(pruned, x_test, y_test):.3f} after "
           f"{FINETUNE_EPOCHS} finetune epoch(s)  MACs {macs(pruned, x_test[:1])} (GDP's model: {gdp.hard_macs()})")
     print("widths:", {g.name: int(m.sum()) for g, m in zip(gdp.groups, gdp.alive())})
+    timing = deployed_latency({"dense": dense, "gdp": pruned}, x_test[:1], rounds=LATENCY_ROUNDS, batches=(64,))
+    print(f"latency at batch 64 (deployed form, CPU time): dense {timing['dense']['latency_b64_ms']:.2f} ms, "
+          f"pruned {timing['gdp']['latency_b64_ms']:.2f} ms, speed-up {timing['gdp']['speedup_b64']:.2f}x")
 
 
 if __name__ == "__main__":
