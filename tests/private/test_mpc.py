@@ -154,3 +154,19 @@ def test_logit_margin_uncertainty_oracle_and_mpc(crypten_single):
 def test_measure_rejects_unknown_reveal():
     with pytest.raises(InputError, match="reveal must be one of"):
         mpc.measure_mpc_costs({"floor": mpc.EntropyOnly()}, torch.zeros(2, 16, 4), reveal="softmax")
+
+
+def test_secure_entropy_needs_the_logit_floor_when_logits_spread_past_the_exp_range(crypten_single):
+    """CrypTen's exp (1 + x/256)^256 wraps below x = -256: logits 600 apart gave a garbage entropy
+    (experiment 01's full preset met it on one seed); flooring the shifted logits at
+    secure_logit_floor keeps the secret-shared entropy at the plaintext one."""
+    crypten = crypten_single
+    logits = torch.tensor([[0.0, -600.0, 1.0, -5.0], [3.0, 2.0, -400.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    exact = entropy_from_logits(logits)
+    floor = mpc.secure_logit_floor(crypten)
+    assert 1 - 2 ** crypten.cfg.functions.exp_iterations < floor < -16 * math.log(2)  # in the exp's range
+    assert torch.allclose(entropy_from_logits(logits, logit_floor=floor), exact, atol=1e-6)  # plaintext: no change
+    unfloored = entropy_from_logits(crypten.cryptensor(logits)).get_plain_text()
+    assert not torch.allclose(unfloored, exact, atol=0.05)  # the failure the floor prevents
+    floored = entropy_from_logits(crypten.cryptensor(logits), logit_floor=floor).get_plain_text()
+    assert torch.allclose(floored, exact, atol=0.02)

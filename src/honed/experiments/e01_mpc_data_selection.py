@@ -170,6 +170,8 @@ class MPCDataSelectionExperiment(Experiment):
                      "target deepened to target_blocks = 4 in small, 12 in full (card: 2) so both proxies are strictly "
                      "shallower (step 3)",
                      "public LayerNorm range scales of the target calibrated on D_boot (CrypTen inv_sqrt range)",
+                     "the secret-shared entropy floors the max-shifted logits at -2 precision_bits ln 2 "
+                     "(secure_logit_floor: CrypTen's exp wraps below -256; one extra secret-shared ReLU)",
                      "the selection runs the plaintext top-k stand-in (secure_topk_standin); its MPC cost is modelled "
                      "as a QuickSelect whose partition steps are batched CrypTen comparisons with a pivot (measured "
                      "per run) that reveal their bits - cheaper than an oblivious top-k revealing only membership",

@@ -12,6 +12,7 @@ A model given to the harness is any object with ``mpc_parameters() -> dict[str, 
 (data owner) secret-shares the inputs; only the requested output is revealed.
 """
 import copy
+import math
 import os
 import sys
 import time
@@ -109,6 +110,18 @@ def _init_crypten_party(rank: int, world_size: int, port: int) -> Any:
     return crypten
 
 
+def secure_logit_floor(crypten: Any) -> float:
+    """Where the secret-shared entropy of SelectFormer (arXiv:2310.02373) floors the max-shifted logits
+    z' <= 0 (reconstructed, R): CrypTen's exp is the limit (1 + x / 2^k)^(2^k) (k =
+    ``cfg.functions.exp_iterations``), which is valid for x > -2^k and wraps to huge values below (a proxy
+    whose logits spread wider than that returned entropies of ~1e10 nats). The floor is
+    -2 * precision_bits * ln 2 (exp of it is the square of one fixed-point step, 2^-precision_bits), kept
+    inside the exp's valid range; flooring there moves the entropy by under C * 2^(-2 precision_bits) * |floor|
+    nats, far below the encoding's resolution. Costs one secret-shared ReLU over the (B, C) logits."""
+    floor = -2 * crypten.cfg.encoder.precision_bits * math.log(2)
+    return max(floor, 1 - 2 ** crypten.cfg.functions.exp_iterations)
+
+
 def _measure_one(crypten: Any, model: Any, tokens: torch.Tensor, reveal: str) -> dict[str, Any]:
     """Share weights (party 0) and inputs (party 1), run the forward, reveal, record the stats."""
     comm = crypten.comm.get()
@@ -120,7 +133,7 @@ def _measure_one(crypten: Any, model: Any, tokens: torch.Tensor, reveal: str) ->
     out = model.forward_with(params, x_enc)
     if reveal == "entropy":
         from honed.private.proxy_selection import entropy_from_logits
-        out = entropy_from_logits(out)
+        out = entropy_from_logits(out, logit_floor=secure_logit_floor(crypten))
     elif reveal == "margin":
         out = logit_margin_uncertainty(out)
     plain = out.get_plain_text()

@@ -67,10 +67,14 @@ def sigmoid_gelu(x: Any) -> Any:
     return x * (x * 1.702).sigmoid()
 
 
-def entropy_from_logits(logits: Any) -> Any:
+def entropy_from_logits(logits: Any, logit_floor: float | None = None) -> Any:
     """Predictive entropy (nats) of softmax(logits) for logits (B, C), tensor or CrypTensor:
-    H = log sum exp(z') - sum softmax(z') z' with z' = z - max z (log argument in [1, C])."""
+    H = log sum exp(z') - sum softmax(z') z' with z' = z - max z (log argument in [1, C]).
+    ``logit_floor`` (< 0, optional): z' is floored there first (``floor + relu(z' - floor)``), which the
+    secret-shared version needs (see :func:`honed.private.mpc.secure_logit_floor`); None = exact."""
     z = logits - logits.max(-1, keepdim=True)[0]
+    if logit_floor is not None:
+        z = (z - logit_floor).relu() + logit_floor
     e = z.exp()
     s = e.sum(-1, keepdim=True)
     p = e * s.reciprocal()
