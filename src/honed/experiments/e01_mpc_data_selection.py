@@ -114,15 +114,9 @@ class MPCSelectionConfig(ExperimentConfig):
         check on seeds 0-1: it fits the pretraining split, its accuracy on the pool after adaptation is a few
         points below the 4-block target's, and every LayerNorm range calibrates inside CrypTen's inv_sqrt range).
 
-        Expected cost, an ESTIMATE (not measured as a run), 2 shared cores at load ~5: about 26-32 minutes
-        for 5 seeds, i.e. ~310-390 s per seed, against small's measured 470 s (94 s per seed). How: small's
-        per-seed MPC wall = 2 runs x 32 x its measured per-example walls (target, MPCFormer-like, P1, P2,
-        entropy) ~ 29 s, the rest (~65 s) plaintext training; plaintext x 3.8 (measured time ratio of a
-        12- vs 4-block target's pretrain + adapt, seeds 0-1) ~ 250 s, an overestimate since the proxies'
-        training does not grow; MPC = 2 x 128 x (mpc_selection_12x16_b128.json's per-example walls of the
-        target, P1, P2 and entropy, + the MPCFormer-like proxy at small's measured 0.40 of the target's) ~
-        61 s, up to ~2.3x that at small's heavier measured per-example walls. Each seed's single CrypTen
-        call (measure_mpc_costs' default 300 s timeout) is then estimated at ~60-140 s.
+        Measured cost (2026-12-06, 2 cores, load ~1-2, nothing else running): 381 s of seed time for the 5
+        seeds, 6 min 25 s wall with the report (the estimate this docstring gave before the first run was
+        26-32 min at load ~5, scaled from small's parts).
         """
         return replace(cls(), target_blocks=12, proxy_blocks=(1, 2), proxy_widths=(2, 8), mpc_examples=128)
 
