@@ -52,9 +52,9 @@ from honed.core.errors import ConfigError
 from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
 from honed.core.loop import correct_per_example
-from honed.experiments._e01_selection_training import (build_pool, entropy_scorer, finetune_on_selection, fit_adam,
-                                                       train_target, validation_oracle_gap)
 from honed.data import create_dataset
+from honed.experiment_parts.mpc_selection_training import (build_pool, entropy_scorer, finetune_on_selection,
+                                                            fit_adam, train_target, validation_oracle_gap)
 from honed.private.mpc import EntropyOnly, measure_mpc_costs
 from honed.private.mpc_cost import BatchCost, NetworkModel, PivotComparison, quickselect_topk, sieve_delay
 from honed.private.mpcformer import make_mpcformer_proxy

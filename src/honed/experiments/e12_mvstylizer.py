@@ -19,8 +19,8 @@ from honed.core.config import ExperimentConfig
 from honed.core.errors import ConfigError, require_extra
 from honed.core.experiment import Claim, Experiment, Invariant, Precondition, SeedOutput, register_experiment
 from honed.data.camera_videos import PHOTOS, SHAPES
-from honed.experiments._e12_mvstylizer_parts import (PIPELINES, Setup, federated_part, pipelines_part, reference_part,
-                                                     timing_part, upscaler_part)
+from honed.experiment_parts.mvstylizer_parts import (PIPELINES, Setup, federated_part, pipelines_part,
+                                                     reference_part, timing_part, upscaler_part)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from honed.core.evidence import smin
 from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
 from honed.data import create_dataset
-from honed.experiments._e21_lottery_verification_arms import (
+from honed.experiment_parts.lottery_verification_arms import (
     find_ticket, finetuned_arm, forged_arm, independent_arm, pruned_arms, random_mask_arm, rewind_step,
     scheme1_arms, signed_arm, split_prefix, step_trainer, stored, trigger_arm, unsigned_arm)
 

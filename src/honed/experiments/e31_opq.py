@@ -32,7 +32,8 @@ from honed.core.errors import ConfigError
 from honed.core.evidence import smax
 from honed.core.experiment import (Claim, Experiment, Invariant, Precondition, SeedOutput, arms_above_chance,
                                    register_experiment)
-from honed.experiments._e31_opq_arms import ARMS, ONE_SHOT_ARMS, arm_key, dense_reference, load_data, pretrain, run_arm
+from honed.experiment_parts.opq_arms import (ARMS, ONE_SHOT_ARMS, arm_key, dense_reference, load_data, pretrain,
+                                             run_arm)
 
 CARD_MARGINS = {0.95: 0.01, 0.8: 0.003}  # card: OPQ >= uniform and global by 1 pt at P=0.95, 0.3 pt at P=0.8 (3-bit)
 CARD_BITS = 3.0

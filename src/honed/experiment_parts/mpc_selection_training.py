@@ -1,7 +1,7 @@
 """Pool, target and finetuning of 01-mpc-data-selection (SelectFormer, arXiv:2310.02373): the plaintext
 side of the experiment (D_boot and the imbalanced, near-duplicated pool from the digits training split;
 the model owner's Transformer target, pretrained and adapted; the finetune every selection gets alike; the
-validation-only setting check). Split out of e01_mpc_data_selection.py; the experiment imports it."""
+validation-only setting check). Split out of honed.experiments.e01_mpc_data_selection, which imports it."""
 import copy
 
 import torch
