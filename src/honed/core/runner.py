@@ -238,9 +238,8 @@ def run_one_seed(exp: Experiment, cfg: ExperimentConfig, seed: int, seed_dir: Pa
     if file.exists():
         try:
             value, info = read_checked_entry(file)
-            stored = SeedOutput.from_json(value)
             if not written_by_other_code(file, info, log or (lambda line: None)):
-                return stored
+                return SeedOutput.from_json(value)
         except CorruptFileError as err:
             if log is not None:
                 log(f"{err}; moved aside to {move_aside(file).name}, recomputing seed {seed}")
