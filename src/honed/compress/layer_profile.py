@@ -24,6 +24,7 @@ from torch import nn
 
 from honed.core.benchmark import CLOCKS
 from honed.core.errors import InputError, check_count
+from honed.core.measure import forward_with_hooks
 from honed.core.modes import eval_mode
 
 PROFILER_NOISE = ("USDT:", "STAGE:")  # kineto's start/stop lines, written to fd 2 on every profile
@@ -148,28 +149,20 @@ def layer_macs(model: nn.Module, example: torch.Tensor, channel_block: int = 1) 
     macs: dict[str, int] = {}
     up = lambda n: -(-n // channel_block) * channel_block  # noqa: E731
 
-    def count(name):
-        def hook(module, _inputs, out):
-            if isinstance(module, nn.Linear):
-                n = out.numel() * module.in_features
-            else:
-                depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-                c_in = module.in_channels // module.groups
-                c_in = 1 if depthwise else (up(c_in) if c_in >= channel_block else c_in)
-                c_out = module.out_channels if depthwise else up(module.out_channels)
-                positions = out.numel() // module.out_channels
-                n = positions * c_out * c_in * module.weight[0, 0].numel()
-            macs[name] = macs.get(name, 0) + n
-        return hook
+    def count(name, module, _inputs, out):
+        if isinstance(module, nn.Linear):
+            n = out.numel() * module.in_features
+        else:
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            c_in = module.in_channels // module.groups
+            c_in = 1 if depthwise else (up(c_in) if c_in >= channel_block else c_in)
+            c_out = module.out_channels if depthwise else up(module.out_channels)
+            positions = out.numel() // module.out_channels
+            n = positions * c_out * c_in * module.weight[0, 0].numel()
+        macs[name] = macs.get(name, 0) + n
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    handles = [m.register_forward_hook(count(n)) for n, m in layers]
-    try:
-        with eval_mode(model):
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, layers, count, whole_batch=True)
     return macs
 
 

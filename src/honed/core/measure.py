@@ -93,14 +93,16 @@ def interleaved_latency(models: dict[str, torch.nn.Module], example: torch.Tenso
 
 
 @torch.no_grad()
-def forward_with_hooks(model: torch.nn.Module, example: torch.Tensor, modules, hook) -> None:
-    """Run ``model`` once in eval mode on ``example[:1]`` with ``hook(name, module, inputs, output)``
-    attached as a forward hook to each ``(name, module)`` of ``modules``; hooks are removed and the
-    model's train/eval mode restored afterwards. Used to read per-layer output sizes."""
+def forward_with_hooks(model: torch.nn.Module, example: torch.Tensor, modules, hook,
+                       whole_batch: bool = False) -> None:
+    """Run ``model`` once in eval mode on ``example[:1]`` (the whole ``example`` with ``whole_batch``) with
+    ``hook(name, module, inputs, output)`` attached as a forward hook to each ``(name, module)`` of
+    ``modules``; hooks are removed and the model's train/eval mode restored afterwards. Used to read
+    per-layer output sizes."""
     handles = [m.register_forward_hook(lambda mod, inp, out, n=n: hook(n, mod, inp, out)) for n, m in modules]
     try:
         with eval_mode(model):
-            model(example[:1])
+            model(example if whole_batch else example[:1])
     finally:
         for h in handles:
             h.remove()
