@@ -18,41 +18,17 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from honed.core.atomic import atomic_write_json
 from honed.core.errors import ConfigError
-from honed.core.measure import synchronize
+from honed.core.measure import CLOCKS, interleaved_times  # noqa: F401  (re-exported: the benchmarks import them here)
 
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 COMPARISONS = ("<=", ">=")
 RESULT_KEYS = ("name", "ratio", "target", "comparison", "holds", "applies", "unit", "measured_on", "date", "notes",
                "details")
-
-
-def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                      device: torch.device | str | None = None) -> dict[str, dict[str, list[float]]]:
-    """Seconds of each ``calls[name]()`` per round on every clock (``{name: {"wall": [...], "cpu": [...]}}``);
-    the calls take turns every round, the order reversed on odd rounds; the device is synchronised
-    around each call."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: {clock: [] for clock in CLOCKS} for name in calls}
-    names = list(calls)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            synchronize(device)
-            start = {clock: read() for clock, read in CLOCKS.items()}
-            calls[name]()
-            synchronize(device)
-            for clock, read in CLOCKS.items():
-                times[name][clock].append(read() - start[clock])
-    return times
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -13,6 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from honed.core.modes import eval_mode
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (trainable only if ``trainable_only``)."""
@@ -58,6 +60,27 @@ def timed(fn: Callable[[], object], device: torch.device | str | None) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                      device: torch.device | str | None = None) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each ``calls[name]()`` per round on every clock (``{name: {"wall": [...], "cpu": [...]}}``);
+    the calls take turns every round, the order reversed on odd rounds; the device is synchronised
+    around each call."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: {clock: [] for clock in CLOCKS} for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            synchronize(device)
+            start = {clock: read() for clock, read in CLOCKS.items()}
+            calls[name]()
+            synchronize(device)
+            for clock, read in CLOCKS.items():
+                times[name][clock].append(read() - start[clock])
+    return times
+
+
 def _device_of(inputs: tuple) -> torch.device | None:
     return next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
 
@@ -79,17 +102,10 @@ def interleaved_latency(models: dict[str, torch.nn.Module], example: torch.Tenso
     them alike. Per-round ratios (``dense[i] / pruned[i]``) are paired samples of a speed-up, so a claim
     on their mean gets a paired bootstrap interval. Every submodule's train/eval mode is restored."""
     inputs = example if isinstance(example, tuple) else (example,)
-    device = _device_of(inputs)
+    calls = {name: (lambda model=model: model(*inputs)) for name, model in models.items()}
     with eval_mode(*models.values()):
-        for model in models.values():
-            for _ in range(warmup):
-                model(*inputs)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        names = list(models)
-        for r in range(repeats):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                times[name].append(timed(lambda: models[name](*inputs), device))
-    return times
+        times = interleaved_times(calls, repeats, warmup, _device_of(inputs))
+    return {name: by_clock["wall"] for name, by_clock in times.items()}
 
 
 @torch.no_grad()
