@@ -40,7 +40,7 @@ from honed.compress.fuse import fold_batchnorm, keep_faster_form
 from honed.compress.layer_profile import (TOTAL, by_block, format_profile, layer_macs, layer_times,
                                           operator_times)
 from honed.core.benchmark import interleaved_times, ratios_by_clock, results_folder, spread, write_result
-from honed.core.measure import count_macs, count_params
+from honed.core.measure import count_macs, count_params, repeated_forwards
 from honed.core.seed import torch_threads
 
 RESULTS = results_folder(Path(__file__).parent / "results")  # or $HONED_BENCHMARKS
@@ -122,16 +122,9 @@ def time_models(models: dict, x: torch.Tensor, rounds: int, repeats: int) -> dic
     """Interleaved wall/CPU seconds per forward of every model on ``x`` (channels-last input for ``_cl``)."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
-    def call(name):
-        model, inp = models[name], (x_cl if name.endswith("_cl") else x)
-
-        def run():
-            with torch.no_grad():
-                for _ in range(repeats):
-                    model(inp)
-        return run
-
-    return interleaved_times({name: call(name) for name in models}, rounds)
+    calls = {name: repeated_forwards(model, x_cl if name.endswith("_cl") else x, repeats)
+             for name, model in models.items()}
+    return interleaved_times(calls, rounds)
 
 
 def speedups(times: dict, pairs: dict) -> dict:

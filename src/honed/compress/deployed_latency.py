@@ -18,7 +18,7 @@ from torch import nn
 from honed.compress.fuse import fold_batchnorm, keep_faster_form
 from honed.core.benchmark import interleaved_times
 from honed.core.errors import InputError
-from honed.core.measure import count_macs
+from honed.core.measure import count_macs, repeated_forwards
 
 DEPLOYED_FORM = ("latency is measured on the deployed form of every compared model, the dense reference "
                  "included: BatchNorm folded into the preceding conv (fold_batchnorm) and channels-last memory "
@@ -40,14 +40,6 @@ def deployed_input(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x.contiguous()
 
 
-def _forwards(model: nn.Module, x: torch.Tensor, repeats: int):
-    def run():
-        with torch.no_grad():
-            for _ in range(repeats):
-                model(x)
-    return run
-
-
 def deployed_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int, repeats: int = 1,
                      batches: tuple[int, ...] = (1, 64), reference: str = "dense",
                      channels_last: bool = True) -> dict[str, dict]:
@@ -64,7 +56,7 @@ def deployed_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds
     table: dict[str, dict] = {name: {} for name in models}
     for b in batches:
         x = deployed_input(one.expand(b, *one.shape[1:]), channels_last)
-        times = interleaved_times({n: _forwards(m, x, repeats) for n, m in ready.items()}, rounds, warmup=2)
+        times = interleaved_times({n: repeated_forwards(m, x, repeats) for n, m in ready.items()}, rounds, warmup=2)
         for name, row in table.items():
             for clock, tag in (("cpu", ""), ("wall", "_wall")):
                 ratios = [d / t for d, t in zip(times[reference][clock], times[name][clock])]

@@ -19,10 +19,11 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
-from honed.core.benchmark import CLOCKS, interleaved_times, paired_ratio
-from honed.core.errors import InputError, check_count
-from honed.core.modes import eval_mode
 from honed.compress.lowrank import CONVS
+from honed.core.benchmark import paired_ratio
+from honed.core.errors import InputError, check_count
+from honed.core.measure import CLOCKS, interleaved_times, repeated_forwards
+from honed.core.modes import eval_mode
 
 __all__ = ["LayerForm", "fold_batchnorm", "is_lowrank_pair", "keep_faster_form", "merge_lowrank_pair"]
 
@@ -130,16 +131,9 @@ def keep_faster_form(model: nn.Module, example: torch.Tensor, rounds: int = 15, 
         pair = target.get_submodule(name)
         product = merge_lowrank_pair(pair)
         x = inputs[name]
-
-        def call(layer: nn.Module):
-            def run():
-                with torch.no_grad():
-                    for _ in range(repeats):
-                        layer(x)
-            return run
-
         with eval_mode(pair, product):
-            times = interleaved_times({"pair": call(pair), "product": call(product)}, rounds)
+            times = interleaved_times({"pair": repeated_forwards(pair, x, repeats),
+                                       "product": repeated_forwards(product, x, repeats)}, rounds)
         ratio = paired_ratio(times["pair"][clock], times["product"][clock])
         form = "product" if ratio["median"] > 1 else "factored"
         if form == "product":

@@ -60,6 +60,15 @@ def timed(fn: Callable[[], object], device: torch.device | str | None) -> float:
     return time.perf_counter() - start
 
 
+def repeated_forwards(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> Callable[[], None]:
+    """A call that runs ``model(x)`` ``repeats`` times without autograd (what a latency round times)."""
+    def run() -> None:
+        with torch.no_grad():
+            for _ in range(repeats):
+                model(x)
+    return run
+
+
 def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
                       device: torch.device | str | None = None) -> dict[str, dict[str, list[float]]]:
     """Seconds of each ``calls[name]()`` per round on every clock (``{name: {"wall": [...], "cpu": [...]}}``);
